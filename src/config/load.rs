@@ -1,0 +1,436 @@
+//! Loading settings: built-in defaults < TOML file < `MAITRED_*` environment
+//! < command-line flags, through figment, and turning every failure into a
+//! message that names the key, the value and where the value came from.
+
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider, Source};
+
+use super::registry::{self, SETTINGS, Status};
+use super::{Problem, Settings};
+use crate::cli::Invocation;
+
+const DEFAULTS: &str = "built-in defaults";
+const ENVIRONMENT: &str = "environment";
+const COMMAND_LINE: &str = "command line";
+const ENV_PREFIX: &str = "MAITRED_";
+
+/// `MAITRED_*` variables that are not settings. `CONFIG` names the file;
+/// `BIN` and `ARGS` are read by the benchmark harness, which passes its whole
+/// environment to the server.
+const NOT_SETTINGS: &[&str] = &["config", "bin", "args"];
+
+/// Settings after a successful load, with the figment they came from so
+/// provenance can be asked for later.
+#[derive(Debug)]
+pub struct Loaded {
+    pub settings: Settings,
+    pub figment: Figment,
+    /// Which file was read, if any.
+    pub file: Option<PathBuf>,
+}
+
+/// Everything wrong with the configuration, one message per problem.
+#[derive(Debug)]
+pub struct LoadError {
+    pub problems: Vec<String>,
+}
+
+impl std::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for LoadError {}
+
+impl LoadError {
+    fn one(problem: String) -> Self {
+        LoadError {
+            problems: vec![problem],
+        }
+    }
+}
+
+/// A provider under a name of our choosing, so provenance reads well.
+struct Named<P> {
+    name: &'static str,
+    inner: P,
+}
+
+impl<P: Provider> Provider for Named<P> {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(self.name)
+    }
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        self.inner.data()
+    }
+}
+
+/// Which settings file to read: `--config` wins over `MAITRED_CONFIG`.
+fn config_file(inv: &Invocation) -> Result<Option<(PathBuf, &'static str)>, LoadError> {
+    let (path, origin) = match (&inv.config_file, std::env::var_os("MAITRED_CONFIG")) {
+        (Some(p), _) => (p.clone(), "--config"),
+        (None, Some(p)) if !p.is_empty() => (PathBuf::from(p), "MAITRED_CONFIG"),
+        _ => return Ok(None),
+    };
+    // figment treats a missing file as empty; a file someone named must exist.
+    if !path.is_file() {
+        let why = if path.exists() {
+            "is not a regular file"
+        } else {
+            "does not exist"
+        };
+        return Err(LoadError::one(format!(
+            "config file {} (given by {origin}) {why}",
+            path.display()
+        )));
+    }
+    Ok(Some((path, origin)))
+}
+
+pub fn figment(inv: &Invocation, file: Option<&Path>) -> Figment {
+    let mut fig = Figment::new().merge(Named {
+        name: DEFAULTS,
+        inner: Serialized::defaults(Settings::default()),
+    });
+    if let Some(path) = file {
+        fig = fig.merge(Toml::file_exact(path));
+    }
+    fig.merge(Named {
+        name: ENVIRONMENT,
+        inner: Env::prefixed(ENV_PREFIX).split("__").ignore(NOT_SETTINGS),
+    })
+    .merge(Named {
+        name: COMMAND_LINE,
+        inner: Serialized::defaults(inv.layer.clone()),
+    })
+}
+
+/// Loads, type-checks and validates the settings.
+pub fn load(inv: &Invocation) -> Result<Loaded, LoadError> {
+    let file = config_file(inv)?;
+    let fig = figment(inv, file.as_ref().map(|(p, _)| p.as_path()));
+    // serde stops at the first unknown field; listing them all up front lets
+    // one start-up report every typo.
+    let unknown = unknown_keys(&fig);
+    if !unknown.is_empty() {
+        return Err(LoadError { problems: unknown });
+    }
+    let settings: Settings = fig.extract().map_err(|e| LoadError {
+        problems: e.into_iter().map(|e| render_figment_error(&e)).collect(),
+    })?;
+
+    let mut problems: Vec<String> = settings
+        .validate()
+        .into_iter()
+        .map(|p| render_problem(&fig, &p))
+        .collect();
+    for s in SETTINGS {
+        if let Status::Pending(work) = s.status {
+            if let Some(md) = fig.find_metadata(s.key) {
+                if md.name != DEFAULTS {
+                    problems.push(format!(
+                        "{}: not yet supported by this version of maitred ({work} has not landed); \
+                         remove it rather than rely on it (from {})",
+                        s.key,
+                        describe_source(md, s.key)
+                    ));
+                }
+            }
+        }
+    }
+    if !problems.is_empty() {
+        return Err(LoadError { problems });
+    }
+    Ok(Loaded {
+        settings,
+        figment: fig,
+        file: file.map(|(p, _)| p),
+    })
+}
+
+/// Every key in the merged data that is not a setting, described with its
+/// source and the closest real key.
+fn unknown_keys(fig: &Figment) -> Vec<String> {
+    fn walk(fig: &Figment, prefix: &str, dict: &Dict, out: &mut Vec<String>) {
+        for (name, value) in dict {
+            let key = if prefix.is_empty() {
+                name.clone()
+            } else {
+                format!("{prefix}.{name}")
+            };
+            let is_table = SETTINGS
+                .iter()
+                .any(|s| s.key.starts_with(&format!("{key}.")));
+            if is_table {
+                if let Value::Dict(_, inner) = value {
+                    walk(fig, &key, inner, out);
+                }
+                continue;
+            }
+            if registry::by_key(&key).is_some() {
+                continue;
+            }
+            let source = fig
+                .find_metadata(&key)
+                .map(|md| describe_unknown_source(md, &key))
+                .unwrap_or_else(|| "an unknown source".to_owned());
+            let table = (!prefix.is_empty()).then_some(prefix);
+            let hint = suggest(name, table)
+                .map(|s| format!("; did you mean `{s}`?"))
+                .unwrap_or_else(|| "; see `maitred --help` for the settings".to_owned());
+            out.push(format!("{key}: unknown setting (from {source}){hint}"));
+        }
+    }
+    let mut out = Vec::new();
+    if let Ok(data) = fig.data() {
+        if let Some(dict) = data.get(&Profile::Default) {
+            walk(fig, "", dict, &mut out);
+        }
+    }
+    out
+}
+
+/// "flag --threads", "environment variable MAITRED_THREADS", ...
+pub fn describe_source(md: &Metadata, key: &str) -> String {
+    match md.name.as_ref() {
+        DEFAULTS => "the built-in default".to_owned(),
+        COMMAND_LINE => match registry::by_key(key) {
+            Some(s) if s.key == "app" => "the command line".to_owned(),
+            Some(s) => {
+                let mut flags = vec![format!("--{}", s.flag)];
+                flags.extend(s.aliases.iter().map(|a| format!("--{a}")));
+                format!("flag {}", flags.join(" / "))
+            }
+            None => "the command line".to_owned(),
+        },
+        ENVIRONMENT => format!("environment variable {}", env_var_for(key)),
+        _ => match &md.source {
+            Some(Source::File(path)) => format!("{} (key `{key}`)", path.display()),
+            _ => md.name.to_string(),
+        },
+    }
+}
+
+fn env_var_for(key: &str) -> String {
+    format!(
+        "{ENV_PREFIX}{}",
+        key.replace('.', "__").to_ascii_uppercase()
+    )
+}
+
+fn render_problem(fig: &Figment, p: &Problem) -> String {
+    let value = fig
+        .find_value(p.key)
+        .map(|v| render_value(&v))
+        .unwrap_or_else(|_| "unset".to_owned());
+    let source = fig
+        .find_metadata(p.key)
+        .map(|md| describe_source(md, p.key))
+        .unwrap_or_else(|| "an unknown source".to_owned());
+    format!("{}: {} (value {value}, from {source})", p.key, p.message)
+}
+
+/// A compact rendering of a figment value for messages.
+fn render_value(v: &Value) -> String {
+    match v {
+        // Flags arrive as text; `--threads=0` reads better as 0 than "0".
+        Value::String(_, s) if s.parse::<f64>().is_ok() => s.clone(),
+        Value::String(_, s) => format!("{s:?}"),
+        Value::Array(_, items) => {
+            let inner: Vec<String> = items.iter().map(render_value).collect();
+            format!("[{}]", inner.join(", "))
+        }
+        Value::Num(_, n) => match n.to_u128() {
+            Some(u) => u.to_string(),
+            None => format!("{n:?}"),
+        },
+        Value::Bool(_, b) => b.to_string(),
+        Value::Dict(..) => "a table".to_owned(),
+        other => format!("{other:?}"),
+    }
+}
+
+fn render_figment_error(e: &figment::Error) -> String {
+    use figment::error::Kind;
+
+    let key = e.path.join(".");
+    let source = e
+        .metadata
+        .as_ref()
+        .map(|md| describe_source(md, &key))
+        .unwrap_or_else(|| "an unknown source".to_owned());
+    match &e.kind {
+        Kind::InvalidType(actual, expected) | Kind::InvalidValue(actual, expected) => {
+            format!("{key}: invalid value {actual}, expected {expected} (from {source})")
+        }
+        Kind::UnknownField(field, _) => {
+            // Normally caught by `unknown_keys` first; kept for safety.
+            format!("{key}.{field}: unknown setting (from {source})")
+        }
+        Kind::Message(msg) => match &e.metadata {
+            Some(md) => format!("{msg} (in {})", describe_source(md, &key)),
+            None => msg.clone(),
+        },
+        _ => format!("{key}: {} (from {source})", e.kind),
+    }
+}
+
+/// Unknown keys have no registry entry, so name the source by shape.
+fn describe_unknown_source(md: &Metadata, key: &str) -> String {
+    match md.name.as_ref() {
+        ENVIRONMENT => format!("environment variable {}", env_var_for(key)),
+        _ => match &md.source {
+            Some(Source::File(path)) => path.display().to_string(),
+            _ => md.name.to_string(),
+        },
+    }
+}
+
+/// The closest known key, for "did you mean": first within the same table,
+/// then anywhere (a setting put in the wrong table, such as
+/// `max_request_body_size` at the top level).
+fn suggest(field: &str, table: Option<&str>) -> Option<String> {
+    let mut best: Option<(f64, &str)> = None;
+    for s in SETTINGS {
+        let (s_table, leaf) = match s.key.rsplit_once('.') {
+            Some((t, l)) => (Some(t), l),
+            None => (None, s.key),
+        };
+        let bonus = if s_table == table { 0.01 } else { 0.0 };
+        let score = strsim::jaro_winkler(field, leaf) + bonus;
+        if score > 0.8 && best.is_none_or(|(b, _)| score > b) {
+            best = Some((score, s.key));
+        }
+    }
+    best.map(|(_, key)| key.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    fn invocation(args: &[&str]) -> Invocation {
+        crate::cli::parse(std::iter::once("maitred").chain(args.iter().copied()))
+            .expect("usage is valid")
+    }
+
+    #[test]
+    fn precedence_defaults_file_env_flags() {
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.create_file(
+                "m.toml",
+                "threads = 2\nident = \"file\"\nurl_scheme = \"https\"\n",
+            )?;
+            jail.set_env("MAITRED_THREADS", "3");
+            jail.set_env("MAITRED_IDENT", "env");
+            let inv = invocation(&["--config", "m.toml", "--threads=5"]);
+            let loaded = load(&inv).map_err(|e| e.to_string())?;
+            assert_eq!(loaded.settings.threads, 5, "flag beats env");
+            assert_eq!(loaded.settings.ident, "env", "env beats file");
+            assert_eq!(loaded.settings.url_scheme, "https", "file beats default");
+            assert_eq!(loaded.settings.backlog, 1024, "default remains");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_values_name_key_value_and_source() {
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.set_env("MAITRED_LIMITS__MAX_REQUEST_BODY_SIZE", "10q");
+            let err = load(&invocation(&[])).expect_err("invalid");
+            let msg = err.to_string();
+            assert!(msg.contains("limits.max_request_body_size"), "{msg}");
+            assert!(msg.contains("\"10q\""), "{msg}");
+            assert!(
+                msg.contains("MAITRED_LIMITS__MAX_REQUEST_BODY_SIZE"),
+                "{msg}"
+            );
+            Ok(())
+        });
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            let err = load(&invocation(&["--threads=0"])).expect_err("invalid");
+            let msg = err.to_string();
+            assert!(msg.contains("threads: must be at least 1"), "{msg}");
+            assert!(msg.contains("value 0"), "{msg}");
+            assert!(msg.contains("flag --threads"), "{msg}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_with_suggestions() {
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.create_file("m.toml", "threadz = 2\n[limits]\nmax_request_body = 1\n")?;
+            let err = load(&invocation(&["--config", "m.toml"])).expect_err("unknown");
+            let msg = err.to_string();
+            assert!(msg.contains("threadz: unknown setting"), "{msg}");
+            assert!(msg.contains("did you mean `threads`"), "{msg}");
+            assert!(
+                msg.contains("did you mean `limits.max_request_body_size`"),
+                "{msg}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn missing_config_file_is_an_error() {
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            let err = load(&invocation(&["--config", "nope.toml"])).expect_err("missing");
+            assert!(
+                err.to_string()
+                    .contains("nope.toml (given by --config) does not exist")
+            );
+            jail.set_env("MAITRED_CONFIG", "gone.toml");
+            let err = load(&invocation(&[])).expect_err("missing");
+            assert!(err.to_string().contains("(given by MAITRED_CONFIG)"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn pending_settings_are_refused_when_set() {
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            let err = load(&invocation(&["--trusted-proxy=10.0.0.1"])).expect_err("pending");
+            let msg = err.to_string();
+            assert!(msg.contains("proxy.trusted: not yet supported"), "{msg}");
+            assert!(msg.contains("--trusted-proxy"), "{msg}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn environment_strings_fill_typed_fields() {
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.set_env("MAITRED_IDENT", "123");
+            jail.set_env("MAITRED_EXPOSE_TRACEBACKS", "yes");
+            jail.set_env("MAITRED_LIMITS__INBUF_OVERFLOW", "1MiB");
+            jail.set_env("MAITRED_LISTEN", "127.0.0.1:1, 127.0.0.1:2");
+            jail.set_env("MAITRED_BIN", "/not/a/setting");
+            let s = load(&invocation(&[])).map_err(|e| e.to_string())?.settings;
+            assert_eq!(s.ident, "123");
+            assert!(s.expose_tracebacks);
+            assert_eq!(s.limits.inbuf_overflow.0, 1 << 20);
+            assert_eq!(s.listen, vec!["127.0.0.1:1", "127.0.0.1:2"]);
+            Ok(())
+        });
+    }
+}
