@@ -1,19 +1,184 @@
+//! `maitred`: a production WSGI server.
+//!
+//! Start-up order matters: settings first (bad ones exit 2 before anything
+//! happens), then logging, then Python and the app (an app that does not
+//! import exits 1 with its traceback), then the sockets, so that the
+//! "Serving on" line means the server really is ready.
+
 mod cli;
 mod config;
+mod gateway;
+mod interpreter;
+mod logging;
+mod server;
+mod wsgi;
 
-fn main() {
-    let inv = match cli::parse(std::env::args_os()) {
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ::http::HeaderValue;
+
+use crate::config::Settings;
+use crate::interpreter::StartError;
+use crate::wsgi::environ::EnvironConfig;
+
+/// Exit status for a configuration mistake (as clap uses for usage errors).
+const EXIT_CONFIG: u8 = 2;
+/// Exit status when Python, the app or a socket cannot be set up.
+const EXIT_FAILURE: u8 = 1;
+
+/// How long in-flight requests get to finish after SIGTERM/SIGINT.
+const DRAIN: Duration = Duration::from_secs(5);
+
+fn main() -> ExitCode {
+    let invocation = match cli::parse(std::env::args_os()) {
         Ok(inv) => inv,
         Err(e) => {
             eprintln!("maitred: {e}");
-            std::process::exit(2);
+            return ExitCode::from(EXIT_CONFIG);
         }
     };
-    match config::load(&inv) {
-        Ok(l) => println!("{:?}", l.settings),
+    let loaded = match config::load(&invocation) {
+        Ok(loaded) => loaded,
         Err(e) => {
-            eprintln!("maitred: configuration error:\n{e}");
-            std::process::exit(2);
+            eprintln!("maitred: invalid configuration:");
+            for problem in &e.problems {
+                eprintln!("  {problem}");
+            }
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let settings = loaded.settings;
+    logging::init(&settings.log);
+    for notice in &invocation.notices {
+        tracing::warn!("{notice}");
+    }
+    if let Some(file) = &loaded.file {
+        tracing::info!("settings file: {}", file.display());
+    }
+    match run(settings) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Config(msg)) => {
+            tracing::error!("{msg}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+        Err(Failure::Other(msg)) => {
+            tracing::error!("{msg}");
+            ExitCode::from(EXIT_FAILURE)
         }
     }
+}
+
+enum Failure {
+    Config(String),
+    Other(String),
+}
+
+impl From<StartError> for Failure {
+    fn from(e: StartError) -> Self {
+        match e {
+            StartError::BadSetting(m) => Failure::Config(m),
+            StartError::Python(m) | StartError::App(m) => Failure::Other(m),
+        }
+    }
+}
+
+fn run(settings: Settings) -> Result<(), Failure> {
+    let python = interpreter::initialize(&settings)?;
+    tracing::info!(
+        "maitred {} running Python {} (sys.prefix {}, executable {})",
+        env!("CARGO_PKG_VERSION"),
+        python.version,
+        python.prefix,
+        python.executable,
+    );
+    match &python.library {
+        Some(lib) => tracing::info!("Python library: {}", lib.display()),
+        None => tracing::warn!("could not tell which libpython is loaded"),
+    }
+    if let Some(warning) = python.library_mismatch() {
+        tracing::warn!("{warning}");
+    }
+    if let Some(venv) = &python.virtualenv {
+        tracing::info!(
+            "virtualenv: {} (base Python {})",
+            venv.display(),
+            python.base_prefix
+        );
+    }
+    let app = interpreter::load_app(&settings)?;
+    tracing::info!(
+        "app: {} on {} Python thread(s)",
+        app.label,
+        settings.threads
+    );
+
+    let pool = wsgi::Pool::start(
+        app.app,
+        wsgi::PoolConfig {
+            threads: settings.threads,
+            high_water: settings.limits.outbuf_high_watermark.as_usize(),
+            expose_tracebacks: settings.expose_tracebacks,
+            url_scheme: settings.url_scheme.clone(),
+            server_name: settings.server_name.clone(),
+            server_software: if settings.ident.is_empty() {
+                "maitred".to_owned()
+            } else {
+                settings.ident.clone()
+            },
+            script_name: settings.script_name(),
+        },
+    )
+    .map_err(Failure::Other)?;
+
+    let server_header = (!settings.ident.is_empty())
+        .then(|| HeaderValue::from_str(&settings.ident))
+        .transpose()
+        .map_err(|_| {
+            Failure::Config(format!(
+                "ident: {:?} is not a valid header value",
+                settings.ident
+            ))
+        })?;
+    let shared = Arc::new(gateway::service::Shared {
+        pool,
+        environ: EnvironConfig {
+            script_name: settings.script_name(),
+            unix_port: if settings.url_scheme == "https" {
+                "443"
+            } else {
+                "80"
+            },
+            clear_proxy_headers: settings.proxy.clear_untrusted,
+        },
+        max_body: settings.limits.max_request_body_size.0,
+        inbuf_overflow: settings.limits.inbuf_overflow.as_usize(),
+        server: server_header,
+        ident: settings.ident.clone(),
+    });
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("maitred-io")
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Other(format!("cannot start the I/O runtime: {e}")))?;
+    let listeners = server::bind(&settings).map_err(|e| Failure::Other(e.to_string()))?;
+    for listener in &listeners {
+        tracing::info!("Serving on {}", listener.url());
+    }
+    let builder = server::http1_builder(&settings);
+    runtime
+        .block_on(server::serve(
+            listeners,
+            shared,
+            builder,
+            settings.limits.connection_limit,
+            DRAIN,
+        ))
+        .map_err(|e| Failure::Other(format!("server failed: {e}")))?;
+    // Python's threads are parked in the job queue; the process exits
+    // without finalizing the interpreter, as Waitress's daemon threads do.
+    std::process::exit(0)
 }

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-pub use load::{LoadError, Loaded, load};
+pub use load::load;
 use values::{ByteSize, Seconds};
 
 /// Everything maitred can be told. Field names are the TOML keys.

@@ -1,0 +1,264 @@
+//! The path of one request through the I/O side: refuse what must be
+//! refused, receive the whole body (spooling large ones to disk), queue the
+//! call for a Python thread, and turn its reply into a hyper response.
+
+use std::convert::Infallible;
+use std::io::{Seek, SeekFrom};
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, SERVER, TRANSFER_ENCODING, VIA};
+use http::request::Parts;
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::oneshot;
+
+use super::body::ResponseBody;
+use super::policy::{self, Rejection};
+use crate::wsgi::environ::{self, EnvironConfig, Head, Peer};
+use crate::wsgi::{AppBody, Call, Pool, Reply, RequestBody};
+
+/// What every request on every connection shares.
+pub struct Shared {
+    pub pool: Pool,
+    pub environ: EnvironConfig,
+    pub max_body: u64,
+    pub inbuf_overflow: usize,
+    /// `Server` header value; `None` when `ident` is empty.
+    pub server: Option<HeaderValue>,
+    pub ident: String,
+}
+
+pub async fn handle(
+    req: Request<Incoming>,
+    shared: Arc<Shared>,
+    peer: Peer,
+) -> Result<Response<ResponseBody>, Infallible> {
+    let (parts, body) = req.into_parts();
+    let declared = body.size_hint().exact().filter(|_| has_body(&parts));
+    if let Err(rejection) =
+        policy::check_head(&parts.method, &parts.headers, declared, shared.max_body)
+    {
+        return Ok(reject(&shared, rejection));
+    }
+    let received = match receive(body, &parts, &shared).await {
+        Ok(received) => received,
+        Err(rejection) => return Ok(reject(&shared, rejection)),
+    };
+    let head = Head {
+        method: parts.method.as_str(),
+        uri: &parts.uri,
+        version: parts.version,
+        headers: &parts.headers,
+        body_len: received.framed.then_some(received.len),
+    };
+    let cgi = environ::cgi_vars(&head, &peer, &shared.environ);
+    let uri: Arc<str> = Arc::from(parts.uri.to_string());
+    let (tx, rx) = oneshot::channel();
+    let call = Call {
+        cgi,
+        body: received.body,
+        reply: tx,
+    };
+    if !shared.pool.submit(call) {
+        return Ok(reject(
+            &shared,
+            Rejection::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The server is shutting down",
+            ),
+        ));
+    }
+    let reply = match rx.await {
+        Ok(reply) => reply,
+        // The worker dropped the channel without answering: an internal
+        // failure already logged on the Python side.
+        Err(_) => {
+            return Ok(reject(
+                &shared,
+                Rejection::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "The server encountered an unexpected internal server error",
+                ),
+            ));
+        }
+    };
+    Ok(respond(&shared, &parts, reply, uri))
+}
+
+/// Whether the request carries body framing at all (Content-Length or
+/// chunked): that decides whether CONTENT_LENGTH appears in the environ.
+fn has_body(parts: &Parts) -> bool {
+    parts.headers.contains_key(CONTENT_LENGTH) || parts.headers.contains_key(TRANSFER_ENCODING)
+}
+
+struct Received {
+    body: RequestBody,
+    len: u64,
+    framed: bool,
+}
+
+/// Reads the whole body, in memory up to `inbuf_overflow` and in an
+/// anonymous temporary file beyond, enforcing `max_request_body_size` as
+/// bytes arrive (so a chunked upload cannot grow past it).
+async fn receive(
+    mut body: Incoming,
+    parts: &Parts,
+    shared: &Shared,
+) -> Result<Received, Rejection> {
+    let framed = has_body(parts);
+    let mut memory = BytesMut::new();
+    let mut spool: Option<tokio::fs::File> = None;
+    let mut len: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(malformed_body)?;
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers: Waitress discards them too
+        };
+        len += data.len() as u64;
+        if len > shared.max_body {
+            return Err(policy::body_too_large(shared.max_body));
+        }
+        if spool.is_none() && memory.len() + data.len() > shared.inbuf_overflow {
+            let mut file = tokio::fs::File::from_std(tempfile::tempfile().map_err(spool_failed)?);
+            file.write_all(&memory).await.map_err(spool_failed)?;
+            memory = BytesMut::new();
+            spool = Some(file);
+        }
+        match &mut spool {
+            Some(file) => file.write_all(&data).await.map_err(spool_failed)?,
+            None => memory.extend_from_slice(&data),
+        }
+    }
+    let body = match spool {
+        None => RequestBody::Memory(memory.freeze()),
+        Some(mut file) => {
+            file.flush().await.map_err(spool_failed)?;
+            let mut file = file.into_std().await;
+            file.seek(SeekFrom::Start(0)).map_err(spool_failed)?;
+            RequestBody::File(file)
+        }
+    };
+    Ok(Received { body, len, framed })
+}
+
+fn malformed_body(err: hyper::Error) -> Rejection {
+    // hyper's own message is generic; the cause says what was wrong with
+    // the framing (e.g. "invalid chunk size line").
+    let mut detail = err.to_string();
+    let mut source = std::error::Error::source(&err);
+    while let Some(cause) = source {
+        detail = format!("{detail}: {cause}");
+        source = cause.source();
+    }
+    Rejection::new(
+        StatusCode::BAD_REQUEST,
+        format!("Malformed request body ({detail})"),
+    )
+}
+
+fn spool_failed(err: std::io::Error) -> Rejection {
+    tracing::error!("cannot spool a request body to a temporary file: {err}");
+    Rejection::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "The request body could not be stored",
+    )
+}
+
+/// A response maitred writes itself. It always closes the connection:
+/// after a refusal the rest of the request may not have been read, so the
+/// byte stream cannot be trusted for another request.
+pub fn reject(shared: &Shared, rejection: Rejection) -> Response<ResponseBody> {
+    let body = policy::error_body(rejection.status, &rejection.detail, &shared.ident);
+    let mut response = Response::new(ResponseBody::text(body));
+    *response.status_mut() = rejection.status;
+    let headers = response.headers_mut();
+    headers.insert(CONNECTION, HeaderValue::from_static("close"));
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if let Some(len) = response.body().size_hint().exact() {
+        response
+            .headers_mut()
+            .insert(CONTENT_LENGTH, HeaderValue::from(len));
+    }
+    if let Some(server) = &shared.server {
+        response.headers_mut().insert(SERVER, server.clone());
+    }
+    response
+}
+
+fn respond(shared: &Shared, req: &Parts, reply: Reply, uri: Arc<str>) -> Response<ResponseBody> {
+    let app = match reply {
+        Reply::Response(app) => app,
+        Reply::Failed { detail } => {
+            return reject(
+                shared,
+                Rejection::new(StatusCode::INTERNAL_SERVER_ERROR, detail),
+            );
+        }
+    };
+    let Ok(status) = StatusCode::from_u16(app.status) else {
+        // start_response validated it; reaching this is a maitred bug.
+        return reject(
+            shared,
+            Rejection::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "invalid status from application",
+            ),
+        );
+    };
+    let (body, length) = match app.body {
+        AppBody::Full(chunks) => {
+            let total: u64 = chunks.iter().map(|c| c.len() as u64).sum();
+            let length = app.content_length.unwrap_or(total);
+            (ResponseBody::full(chunks, Some(length), uri), Some(length))
+        }
+        AppBody::Stream(outbuf) => (
+            ResponseBody::stream(outbuf, app.content_length, uri),
+            app.content_length,
+        ),
+        AppBody::File(file) => {
+            let len = file.len;
+            (ResponseBody::file(file, uri), Some(len))
+        }
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    if status.canonical_reason() != Some(app.reason.as_str()) {
+        if let Ok(reason) = hyper::ext::ReasonPhrase::try_from(app.reason.into_bytes()) {
+            response.extensions_mut().insert(reason);
+        }
+    }
+    let headers = response.headers_mut();
+    let mut app_server = false;
+    for (name, value) in app.headers {
+        if name == CONTENT_LENGTH {
+            continue; // set below from the decided length
+        }
+        app_server |= name == SERVER;
+        headers.append(name, value);
+    }
+    if let Some(len) = length {
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
+    }
+    // Waitress's rule: the app's own Server header wins, and the gateway
+    // identifies itself with Via instead.
+    if let Some(server) = &shared.server {
+        if app_server {
+            headers.append(VIA, server.clone());
+        } else {
+            headers.insert(SERVER, server.clone());
+        }
+    }
+    let keep_alive = policy::client_keep_alive(req.version, &req.headers);
+    let length_known = length.is_some() || req.method == Method::HEAD;
+    if let Some(value) = policy::connection_header(req.version, keep_alive, length_known) {
+        headers.insert(CONNECTION, value);
+    }
+    response
+}

@@ -1,0 +1,357 @@
+//! The embedded CPython: starting it the way `python` itself would start
+//! (virtualenv included), finding the application, and reporting which
+//! Python is running.
+//!
+//! The interpreter is configured through `PyConfig` rather than pyo3's
+//! default initialisation for three reasons: `executable` must point at the
+//! virtualenv's `python` so CPython's own `getpath` applies `pyvenv.cfg`
+//! (site-packages, `include-system-site-packages`, `sys.prefix`) exactly as
+//! the venv's interpreter would; `sys.executable` must be a real Python so
+//! apps that spawn subprocesses or use `multiprocessing` keep working; and
+//! Python must not install its own signal handlers, because SIGTERM and
+//! SIGINT belong to the server's drain logic.
+
+use std::ffi::{CStr, CString};
+use std::mem::MaybeUninit;
+use std::path::{Path, PathBuf};
+
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::types::{PyList, PyModule};
+
+use crate::config::Settings;
+
+/// The facts about the running Python that start-up reports.
+#[derive(Debug, Clone)]
+pub struct PythonInfo {
+    pub version: String,
+    pub prefix: String,
+    pub base_prefix: String,
+    pub executable: String,
+    /// The `libpython` the dynamic loader actually mapped.
+    pub library: Option<PathBuf>,
+    pub virtualenv: Option<PathBuf>,
+}
+
+/// Why the server cannot start Python or load the app. The variants map to
+/// exit codes: a bad setting is 2, everything else 1.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    BadSetting(String),
+    #[error("{0}")]
+    Python(String),
+    #[error("{0}")]
+    App(String),
+}
+
+/// The directory of the build interpreter's shared library, recorded by
+/// `build.rs`, so a mismatch with the loaded one can be reported.
+const BUILD_LIBDIR: &str = env!("MAITRED_PYTHON_LIBDIR");
+const BUILD_EXECUTABLE: &str = env!("MAITRED_PYTHON_EXECUTABLE");
+const BUILD_VERSION: &str = env!("MAITRED_PYTHON_VERSION");
+
+/// Which virtualenv to use: the setting, else `$VIRTUAL_ENV`.
+fn virtualenv(settings: &Settings) -> Result<Option<PathBuf>, StartError> {
+    let (dir, origin) = match (&settings.virtualenv, std::env::var_os("VIRTUAL_ENV")) {
+        (Some(dir), _) => (PathBuf::from(dir), "virtualenv"),
+        (None, Some(dir)) if !dir.is_empty() => (PathBuf::from(dir), "VIRTUAL_ENV"),
+        _ => return Ok(None),
+    };
+    let cfg = dir.join("pyvenv.cfg");
+    let text = std::fs::read_to_string(&cfg).map_err(|e| {
+        StartError::BadSetting(format!(
+            "{origin}: {} is not a virtualenv ({} cannot be read: {e}); \
+             create one with `python3 -m venv {}`",
+            dir.display(),
+            cfg.display(),
+            dir.display()
+        ))
+    })?;
+    if let Some(found) = venv_version(&text) {
+        if found != BUILD_VERSION {
+            return Err(StartError::BadSetting(format!(
+                "{origin}: {} was created by Python {found}, but this maitred embeds Python \
+                 {BUILD_VERSION}; recreate the virtualenv with python{BUILD_VERSION}",
+                dir.display()
+            )));
+        }
+    }
+    let python = dir.join("bin").join("python");
+    if !python.exists() {
+        return Err(StartError::BadSetting(format!(
+            "{origin}: {} has no bin/python; recreate it with `python{BUILD_VERSION} -m venv`",
+            dir.display()
+        )));
+    }
+    // Absolute, so getpath's search does not depend on the working directory.
+    let dir = std::path::absolute(&dir).unwrap_or(dir);
+    Ok(Some(dir))
+}
+
+/// `major.minor` from a `pyvenv.cfg` (`version = 3.11.7` or `version_info`).
+fn venv_version(cfg: &str) -> Option<String> {
+    cfg.lines().find_map(|line| {
+        let (key, value) = line.split_once('=')?;
+        matches!(key.trim(), "version" | "version_info").then(|| {
+            let mut parts = value.trim().split('.');
+            format!(
+                "{}.{}",
+                parts.next().unwrap_or(""),
+                parts.next().unwrap_or("")
+            )
+        })
+    })
+}
+
+fn c_string(what: &str, text: &str) -> Result<CString, StartError> {
+    CString::new(text)
+        .map_err(|_| StartError::BadSetting(format!("{what} contains a NUL byte: {text:?}")))
+}
+
+/// Initialises CPython once for the process and releases the GIL, so the
+/// worker threads can take it. Must be called before any other Python use.
+pub fn initialize(settings: &Settings) -> Result<PythonInfo, StartError> {
+    let venv = virtualenv(settings)?;
+    let executable = match &venv {
+        Some(dir) => Some(
+            dir.join("bin")
+                .join("python")
+                .to_string_lossy()
+                .into_owned(),
+        ),
+        None if Path::new(BUILD_EXECUTABLE).exists() => Some(BUILD_EXECUTABLE.to_owned()),
+        // Relocated binary (e.g. copied into an image with a different
+        // layout): let CPython's getpath find its prefix on its own.
+        None => None,
+    };
+    let executable = executable
+        .map(|e| c_string("the Python executable path", &e))
+        .transpose()?;
+    let argv: Vec<CString> = std::env::args()
+        .map(|a| c_string("an argument", &a))
+        .collect::<Result<_, _>>()?;
+    let mut argv_ptrs: Vec<*const std::os::raw::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+
+    // SAFETY: this is the documented PyConfig start-up sequence
+    // (https://docs.python.org/3/c-api/init_config.html). It runs once, on
+    // the main thread, before any other Python API call (the caller
+    // guarantees `initialize` is the first Python use). `config` lives in a
+    // MaybeUninit that `PyConfig_InitPythonConfig` fully initialises before
+    // any field is read; every field is accessed through the raw pointer
+    // `cfg` so no Rust reference aliases the struct CPython writes to. The
+    // strings passed are NUL-terminated CStrings that outlive the calls, and
+    // CPython copies them. `PyConfig_Clear` frees what the config owns,
+    // exactly once, and `PyEval_SaveThread` releases the GIL the
+    // initialising thread holds; its returned thread state is intentionally
+    // never restored because this thread never runs Python again.
+    unsafe {
+        let mut config = MaybeUninit::<ffi::PyConfig>::uninit();
+        let cfg = config.as_mut_ptr();
+        ffi::PyConfig_InitPythonConfig(cfg);
+        (*cfg).install_signal_handlers = 0;
+        (*cfg).parse_argv = 0;
+        let mut status = ffi::PyConfig_SetBytesArgv(
+            cfg,
+            argv_ptrs.len() as ffi::Py_ssize_t,
+            argv_ptrs.as_mut_ptr(),
+        );
+        if ffi::PyStatus_Exception(status) == 0 {
+            if let Some(exe) = &executable {
+                status =
+                    ffi::PyConfig_SetBytesString(cfg, &raw mut (*cfg).executable, exe.as_ptr());
+            }
+        }
+        if ffi::PyStatus_Exception(status) == 0 {
+            status = ffi::Py_InitializeFromConfig(cfg);
+        }
+        ffi::PyConfig_Clear(cfg);
+        if ffi::PyStatus_Exception(status) != 0 {
+            let msg = if status.err_msg.is_null() {
+                "unknown error".to_owned()
+            } else {
+                CStr::from_ptr(status.err_msg)
+                    .to_string_lossy()
+                    .into_owned()
+            };
+            return Err(StartError::Python(format!("cannot start Python: {msg}")));
+        }
+        ffi::PyEval_SaveThread();
+    }
+
+    Python::attach(|py| {
+        let sys = py.import("sys")?;
+        let info = PythonInfo {
+            version: sys
+                .getattr("version")?
+                .extract::<String>()?
+                .replace('\n', " "),
+            prefix: sys.getattr("prefix")?.extract()?,
+            base_prefix: sys.getattr("base_prefix")?.extract()?,
+            executable: sys.getattr("executable")?.extract()?,
+            library: loaded_libpython(),
+            virtualenv: venv.clone(),
+        };
+        setup_sys_path(py, settings)?;
+        Ok::<_, PyErr>(info)
+    })
+    .map_err(|e| StartError::Python(format!("cannot set up Python: {e}")))
+}
+
+/// Waitress appends the working directory to `sys.path`; `--app-dir`
+/// directories go first because naming one is an explicit wish to import
+/// from it ahead of installed packages.
+fn setup_sys_path(py: Python<'_>, settings: &Settings) -> PyResult<()> {
+    let path = py.import("sys")?.getattr("path")?.cast_into::<PyList>()?;
+    for (i, dir) in settings.app_dir.iter().enumerate() {
+        let dir = std::path::absolute(dir).unwrap_or_else(|_| PathBuf::from(dir));
+        path.insert(i, dir.to_string_lossy())?;
+    }
+    if let Ok(cwd) = std::env::current_dir() {
+        let cwd = cwd.to_string_lossy().into_owned();
+        if !path.contains(&cwd)? {
+            path.append(cwd)?;
+        }
+    }
+    Ok(())
+}
+
+/// The path of the `libpython` mapped into this process, from
+/// `/proc/self/maps`: the one fact that shows which Python really runs.
+fn loaded_libpython() -> Option<PathBuf> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    maps.lines()
+        .filter_map(|line| line.split_whitespace().nth(5))
+        .find(|path| {
+            Path::new(path)
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libpython"))
+        })
+        .map(PathBuf::from)
+}
+
+impl PythonInfo {
+    /// The library mapped differs from the one the build used (for example
+    /// `LD_LIBRARY_PATH` points elsewhere): worth a loud warning, since a
+    /// different patch release may not match the standard library.
+    pub fn library_mismatch(&self) -> Option<String> {
+        let lib = self.library.as_ref()?;
+        let dir = lib.parent()?;
+        if BUILD_LIBDIR.is_empty() {
+            return None;
+        }
+        let same = std::fs::canonicalize(dir).ok() == std::fs::canonicalize(BUILD_LIBDIR).ok();
+        (!same).then(|| {
+            format!(
+                "loaded {} but maitred was built against the library in {BUILD_LIBDIR}",
+                lib.display()
+            )
+        })
+    }
+}
+
+/// The application object and how to describe it in logs.
+pub struct LoadedApp {
+    pub app: Py<PyAny>,
+    pub label: String,
+}
+
+const DEMO_SOURCE: &str = include_str!("demo.py");
+
+/// Imports the configured app (or the demo), calling it first when it is a
+/// factory. Import errors carry the full Python traceback.
+pub fn load_app(settings: &Settings) -> Result<LoadedApp, StartError> {
+    Python::attach(|py| {
+        let (app, label) = match &settings.app {
+            None => {
+                let code = c_string("the demo app", DEMO_SOURCE)?;
+                let module = PyModule::from_code(py, &code, c"<maitred-demo>", c"maitred_demo")
+                    .map_err(|e| StartError::App(format_exception(py, &e)))?;
+                module
+                    .setattr("MAITRED_VERSION", env!("CARGO_PKG_VERSION"))
+                    .map_err(|e| StartError::App(format_exception(py, &e)))?;
+                let app = module
+                    .getattr("app")
+                    .map_err(|e| StartError::App(format_exception(py, &e)))?;
+                (app, "the built-in demo app".to_owned())
+            }
+            Some(target) => {
+                // pkgutil.resolve_name is what waitress-serve uses: it takes
+                // both `pkg.mod:obj.attr` and `pkg.mod.obj`.
+                let app = py
+                    .import("pkgutil")
+                    .and_then(|m| m.call_method1("resolve_name", (target,)))
+                    .map_err(|e| {
+                        StartError::App(format!(
+                            "cannot import the app `{target}`:\n{}",
+                            format_exception(py, &e)
+                        ))
+                    })?;
+                (app, target.clone())
+            }
+        };
+        let app = if settings.call {
+            app.call0().map_err(|e| {
+                StartError::App(format!(
+                    "calling the app factory `{label}` (--call) failed:\n{}",
+                    format_exception(py, &e)
+                ))
+            })?
+        } else {
+            app
+        };
+        if !app.is_callable() {
+            let kind = app
+                .get_type()
+                .name()
+                .map(|n| n.to_string())
+                .unwrap_or_else(|_| "object".into());
+            let hint = if app.is_instance_of::<PyModule>() {
+                "; name the callable inside it, as MODULE:CALLABLE"
+            } else if settings.call {
+                ""
+            } else {
+                "; if it is a factory, add --call"
+            };
+            return Err(StartError::App(format!(
+                "the app `{label}` is a {kind}, not a WSGI callable{hint}"
+            )));
+        }
+        Ok(LoadedApp {
+            app: app.unbind(),
+            label,
+        })
+    })
+}
+
+/// `traceback.format_exception` output, or the exception's text if even
+/// that fails.
+pub fn format_exception(py: Python<'_>, err: &PyErr) -> String {
+    let formatted = py.import("traceback").and_then(|tb| {
+        let lines = tb.call_method1("format_exception", (err.value(py),))?;
+        lines.extract::<Vec<String>>()
+    });
+    match formatted {
+        Ok(lines) => lines.concat().trim_end().to_owned(),
+        Err(_) => err.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn venv_version_reads_both_spellings() {
+        assert_eq!(
+            venv_version("home = /usr/bin\nversion = 3.11.7\n").as_deref(),
+            Some("3.11")
+        );
+        assert_eq!(
+            venv_version("version_info = 3.12.1.final.0\n").as_deref(),
+            Some("3.12")
+        );
+        assert_eq!(venv_version("home = /x\n"), None);
+    }
+}

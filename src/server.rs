@@ -1,0 +1,335 @@
+//! Listening sockets and connections: binding what the settings ask for,
+//! accepting within the connection limit, serving each connection with
+//! hyper, and stopping on a signal.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{Semaphore, watch};
+
+use crate::config::{ListenSpec, Settings, display_addr};
+use crate::gateway::service::{self, Shared};
+use crate::wsgi::environ::Peer;
+
+/// A bound socket, before the runtime adopts it.
+pub enum Bound {
+    Tcp(std::net::TcpListener, SocketAddr),
+    Unix(std::os::unix::net::UnixListener, PathBuf),
+}
+
+impl Bound {
+    /// `http://127.0.0.1:8080` or `http://unix:/run/app.sock`: the form
+    /// Waitress prints in its "Serving on" line, which tools scrape.
+    pub fn url(&self) -> String {
+        match self {
+            Bound::Tcp(_, addr) => format!("http://{}", display_addr(addr)),
+            Bound::Unix(_, path) => format!("http://unix:{}", path.display()),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {what}: {cause}")]
+pub struct BindError {
+    what: String,
+    cause: String,
+}
+
+fn bind_error(what: impl Into<String>, cause: impl std::fmt::Display) -> BindError {
+    BindError {
+        what: what.into(),
+        cause: cause.to_string(),
+    }
+}
+
+/// Binds every listener the settings name. Names resolve to all their
+/// addresses; `*` means every address of the enabled families, each IPv6
+/// socket being IPv6-only so it can coexist with the IPv4 one (as Waitress).
+pub fn bind(settings: &Settings) -> Result<Vec<Bound>, BindError> {
+    let mut bound = Vec::new();
+    for spec in settings.listen_specs() {
+        match spec {
+            ListenSpec::Tcp { host, port } => {
+                for addr in resolve(&host, port, settings.ipv4, settings.ipv6)? {
+                    if bound
+                        .iter()
+                        .any(|b| matches!(b, Bound::Tcp(_, a) if *a == addr))
+                    {
+                        continue;
+                    }
+                    let listener = bind_tcp(addr, settings.backlog)
+                        .map_err(|e| bind_error(display_addr(&addr), e))?;
+                    let local = listener
+                        .local_addr()
+                        .map_err(|e| bind_error(display_addr(&addr), e))?;
+                    bound.push(Bound::Tcp(listener, local));
+                }
+            }
+            ListenSpec::Unix { path, perms } => {
+                let listener = bind_unix(&path, perms, settings.backlog)?;
+                bound.push(Bound::Unix(listener, path));
+            }
+        }
+    }
+    Ok(bound)
+}
+
+fn resolve(host: &str, port: u16, ipv4: bool, ipv6: bool) -> Result<Vec<SocketAddr>, BindError> {
+    let what = || format!("{host}:{port}");
+    if host == "*" {
+        let mut addrs = Vec::new();
+        if ipv4 {
+            addrs.push(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port));
+        }
+        if ipv6 {
+            addrs.push(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port));
+        }
+        return Ok(addrs);
+    }
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, port)]);
+    }
+    let addrs: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| bind_error(what(), format!("cannot resolve the host name: {e}")))?
+        .filter(|a| (a.is_ipv4() && ipv4) || (a.is_ipv6() && ipv6))
+        .collect();
+    if addrs.is_empty() {
+        return Err(bind_error(
+            what(),
+            "the name has no address of an enabled family",
+        ));
+    }
+    Ok(addrs)
+}
+
+fn bind_tcp(addr: SocketAddr, backlog: usize) -> std::io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+fn bind_unix(
+    path: &Path,
+    perms: u32,
+    backlog: usize,
+) -> Result<std::os::unix::net::UnixListener, BindError> {
+    let what = || format!("unix:{}", path.display());
+    // A socket file left by an earlier run is removed, as Waitress does;
+    // anything else at that path is someone else's file and is left alone.
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            std::fs::remove_file(path).map_err(|e| bind_error(what(), e))?;
+        }
+        Ok(_) => {
+            return Err(bind_error(what(), "the path exists and is not a socket"));
+        }
+        Err(_) => {}
+    }
+    let socket =
+        Socket::new(Domain::UNIX, Type::STREAM, None).map_err(|e| bind_error(what(), e))?;
+    let addr = SockAddr::unix(path).map_err(|e| bind_error(what(), e))?;
+    socket.bind(&addr).map_err(|e| bind_error(what(), e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(perms))
+        .map_err(|e| bind_error(what(), format!("cannot set permissions: {e}")))?;
+    socket
+        .listen(i32::try_from(backlog).unwrap_or(i32::MAX))
+        .map_err(|e| bind_error(what(), e))?;
+    socket
+        .set_nonblocking(true)
+        .map_err(|e| bind_error(what(), e))?;
+    Ok(socket.into())
+}
+
+/// hyper's per-connection settings, derived once.
+pub fn http1_builder(settings: &Settings) -> http1::Builder {
+    let max_head = settings.limits.max_request_header_size.as_usize();
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        // hyper's head timer also runs while a keep-alive connection waits
+        // for its next request, which is exactly Waitress's channel_timeout.
+        .header_read_timeout(settings.limits.channel_timeout.0)
+        .max_header_size(max_head)
+        .max_buf_size(max_head.saturating_add(64 * 1024).max(400 * 1024))
+        .title_case_headers(true)
+        // A client that shuts down its sending side after the request
+        // (`nc -N`, some HTTP/1.0 tools) still gets its response.
+        .half_close(true)
+        .pipeline_flush(true);
+    builder
+}
+
+/// Serves every listener until SIGTERM or SIGINT, then stops accepting,
+/// lets in-flight requests finish for up to `drain` and returns.
+pub async fn serve(
+    listeners: Vec<Bound>,
+    shared: Arc<Shared>,
+    builder: http1::Builder,
+    connection_limit: usize,
+    drain: Duration,
+) -> std::io::Result<()> {
+    let limit = Arc::new(Semaphore::new(connection_limit));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    for bound in listeners {
+        let ctx = AcceptContext {
+            shared: Arc::clone(&shared),
+            builder: builder.clone(),
+            limit: Arc::clone(&limit),
+            stop: stop_rx.clone(),
+        };
+        match bound {
+            Bound::Tcp(l, _) => {
+                let listener = TcpListener::from_std(l)?;
+                tokio::spawn(accept_tcp(listener, ctx));
+            }
+            Bound::Unix(l, _) => {
+                let listener = UnixListener::from_std(l)?;
+                tokio::spawn(accept_unix(listener, ctx));
+            }
+        }
+    }
+
+    let signal = wait_for_signal().await?;
+    tracing::info!("{signal} received: no longer accepting; finishing open requests");
+    let _ = stop_tx.send(true);
+    let all = u32::try_from(connection_limit).unwrap_or(u32::MAX);
+    let drained = tokio::select! {
+        permits = limit.acquire_many(all) => permits.is_ok(),
+        _ = tokio::time::sleep(drain) => false,
+        second = wait_for_signal() => {
+            tracing::warn!("{} received again: exiting at once", second.unwrap_or("signal"));
+            false
+        }
+    };
+    if drained {
+        tracing::info!("all connections closed; exiting");
+    } else {
+        let open = connection_limit - limit.available_permits();
+        tracing::warn!("exiting with {open} connection(s) still open");
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() -> std::io::Result<&'static str> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut quit = signal(SignalKind::quit())?;
+    tokio::select! {
+        _ = term.recv() => Ok("SIGTERM"),
+        _ = int.recv() => Ok("SIGINT"),
+        _ = quit.recv() => {
+            tracing::warn!("SIGQUIT received: exiting at once");
+            std::process::exit(1);
+        }
+    }
+}
+
+struct AcceptContext {
+    shared: Arc<Shared>,
+    builder: http1::Builder,
+    limit: Arc<Semaphore>,
+    stop: watch::Receiver<bool>,
+}
+
+/// How long to back off when `accept` fails (typically out of file
+/// descriptors), so the loop does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+async fn accept_tcp(listener: TcpListener, mut ctx: AcceptContext) {
+    loop {
+        // Waiting for a permit before accepting leaves surplus connections
+        // in the kernel backlog, as Waitress's connection_limit does.
+        let permit = tokio::select! {
+            p = Arc::clone(&ctx.limit).acquire_owned() => p,
+            _ = ctx.stop.changed() => return,
+        };
+        let Ok(permit) = permit else { return };
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = ctx.stop.changed() => return,
+        };
+        match accepted {
+            Ok((stream, remote)) => {
+                let _ = stream.set_nodelay(true);
+                let Ok(local) = stream.local_addr() else {
+                    continue;
+                };
+                let peer = Peer::Tcp { remote, local };
+                spawn_connection(stream, peer, &ctx, permit);
+            }
+            Err(e) => {
+                tracing::error!("server accept() failed: {e}");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+}
+
+async fn accept_unix(listener: UnixListener, mut ctx: AcceptContext) {
+    loop {
+        let permit = tokio::select! {
+            p = Arc::clone(&ctx.limit).acquire_owned() => p,
+            _ = ctx.stop.changed() => return,
+        };
+        let Ok(permit) = permit else { return };
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = ctx.stop.changed() => return,
+        };
+        match accepted {
+            Ok((stream, _)) => spawn_connection(stream, Peer::Unix, &ctx, permit),
+            Err(e) => {
+                tracing::error!("server accept() failed: {e}");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+}
+
+fn spawn_connection<S>(
+    stream: S,
+    peer: Peer,
+    ctx: &AcceptContext,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let shared = Arc::clone(&ctx.shared);
+    let builder = ctx.builder.clone();
+    let mut stop = ctx.stop.clone();
+    tokio::spawn(async move {
+        let service =
+            hyper::service::service_fn(move |req| service::handle(req, Arc::clone(&shared), peer));
+        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        tokio::pin!(conn);
+        let result = tokio::select! {
+            r = conn.as_mut() => r,
+            _ = stop.changed() => {
+                // Idle connections close now; busy ones after their
+                // current response, with `Connection: close`.
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!("connection ended with an error: {e}");
+        }
+        drop(permit);
+    });
+}

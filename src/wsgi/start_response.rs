@@ -1,0 +1,424 @@
+//! `start_response` and `write()`: the application's half of a response.
+//!
+//! One [`StartResponse`] exists per request. It validates what the app
+//! passes (PEP 3333 plus Waitress's checks: latin-1 only, no CR/LF, no
+//! hop-by-hop headers), remembers the status and headers until the first
+//! non-empty body chunk, then hands the response head to the connection and
+//! streams the rest through an [`Outbuf`]. Headers count as sent at that
+//! first chunk, which is what the `exc_info` rules of PEP 3333 key on.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue};
+use pyo3::exceptions::{PyAssertionError, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyString};
+use tokio::sync::oneshot;
+
+use super::outbuf::{Disconnected, Outbuf};
+use super::{AppBody, AppResponse, FileBody, Reply};
+
+/// A validated status line from the app.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    pub code: u16,
+    pub reason: String,
+}
+
+/// Headers that describe one connection rather than the message; an app
+/// setting them would fight the server over framing (PEP 3333 forbids them).
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "trailers",
+    "transfer-encoding",
+    "upgrade",
+];
+
+fn has_forbidden_char(text: &str) -> bool {
+    // Field values allow HTAB, SP, visible ASCII and obs-text (latin-1);
+    // CR and LF would allow response splitting.
+    text.chars()
+        .any(|c| (c < ' ' && c != '\t') || c == '\x7f' || u32::from(c) > 0xff)
+}
+
+/// Checks a status string such as `"200 OK"`.
+pub fn parse_status(text: &str) -> Result<Status, String> {
+    if has_forbidden_char(text) {
+        return Err(format!(
+            "status {text:?} contains a control character or a character outside latin-1"
+        ));
+    }
+    let bytes = text.as_bytes();
+    let well_formed = bytes.len() >= 3
+        && bytes[..3].iter().all(u8::is_ascii_digit)
+        && (bytes.len() == 3 || bytes[3] == b' ');
+    if !well_formed {
+        return Err(format!(
+            "status {text:?} is not a three-digit code followed by a reason, such as \"200 OK\""
+        ));
+    }
+    let code: u16 = text[..3]
+        .parse()
+        .map_err(|_| format!("status {text:?} has no numeric code"))?;
+    if code < 200 {
+        return Err(format!(
+            "status {text:?}: 1xx codes are interim responses and cannot be a WSGI response"
+        ));
+    }
+    Ok(Status {
+        code,
+        reason: text.get(4..).unwrap_or("").to_owned(),
+    })
+}
+
+/// Checks one header pair and converts it for the wire (latin-1 bytes).
+pub fn parse_header(name: &str, value: &str) -> Result<(HeaderName, HeaderValue), String> {
+    let header_name = HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| format!("header name {name:?} is not a valid HTTP token"))?;
+    if HOP_BY_HOP.contains(&header_name.as_str()) {
+        return Err(format!(
+            "header {name:?} is hop-by-hop; a WSGI application must not set it (PEP 3333), \
+             the server manages the connection"
+        ));
+    }
+    if has_forbidden_char(value) {
+        return Err(format!(
+            "value of header {name:?} contains CR, LF, another control character, \
+             or a character outside latin-1: {value:?}"
+        ));
+    }
+    let latin1: Vec<u8> = value.chars().map(|c| c as u8).collect();
+    let header_value = HeaderValue::from_bytes(&latin1)
+        .map_err(|_| format!("value of header {name:?} is not valid: {value:?}"))?;
+    Ok((header_name, header_value))
+}
+
+/// The app's Content-Length, if it declared one.
+pub fn declared_length(headers: &[(HeaderName, HeaderValue)]) -> Result<Option<u64>, String> {
+    let mut found = None;
+    for (name, value) in headers {
+        if name != http::header::CONTENT_LENGTH {
+            continue;
+        }
+        let text = value.to_str().unwrap_or("").trim();
+        let n: u64 = (!text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| text.parse().ok())
+            .flatten()
+            .ok_or_else(|| format!("Content-Length {text:?} is not a non-negative integer"))?;
+        if found.is_some_and(|prev| prev != n) {
+            return Err("Content-Length is given twice with different values".to_owned());
+        }
+        found = Some(n);
+    }
+    Ok(found)
+}
+
+enum Phase {
+    /// Nothing sent yet; the head goes out with the first chunk or at the end.
+    Waiting(oneshot::Sender<Reply>),
+    /// Head sent, body streaming.
+    Streaming(Arc<Outbuf>),
+    /// Response complete (or failed, or the client left).
+    Done,
+}
+
+#[pyclass(module = "maitred", name = "StartResponse")]
+pub struct StartResponse {
+    status: Option<Status>,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    content_length: Option<u64>,
+    phase: Phase,
+    high_water: usize,
+}
+
+impl StartResponse {
+    pub fn new(reply: oneshot::Sender<Reply>, high_water: usize) -> Self {
+        StartResponse {
+            status: None,
+            headers: Vec::new(),
+            content_length: None,
+            phase: Phase::Waiting(reply),
+            high_water,
+        }
+    }
+
+    pub fn headers_sent(&self) -> bool {
+        !matches!(self.phase, Phase::Waiting(_))
+    }
+
+    /// Takes the head for sending; errors if the app never called
+    /// `start_response`.
+    fn take_head(&mut self) -> PyResult<(Status, Vec<(HeaderName, HeaderValue)>, Option<u64>)> {
+        let status = self.status.clone().ok_or_else(|| {
+            PyRuntimeError::new_err(
+                "the application produced body data before calling start_response()",
+            )
+        })?;
+        Ok((
+            status,
+            std::mem::take(&mut self.headers),
+            self.content_length,
+        ))
+    }
+
+    fn send_head(&mut self, body: AppBody) -> PyResult<Result<(), Disconnected>> {
+        if !matches!(self.phase, Phase::Waiting(_)) {
+            return Err(PyRuntimeError::new_err("response head sent twice"));
+        }
+        // Checked before the reply channel is consumed, so a missing
+        // start_response still leaves the channel for the 500.
+        let (status, headers, content_length) = self.take_head()?;
+        let Phase::Waiting(reply) = std::mem::replace(&mut self.phase, Phase::Done) else {
+            return Err(PyRuntimeError::new_err("response head sent twice"));
+        };
+        let response = AppResponse {
+            status: status.code,
+            reason: status.reason,
+            headers,
+            content_length,
+            body,
+        };
+        Ok(reply
+            .send(Reply::Response(response))
+            .map_err(|_| Disconnected))
+    }
+
+    /// Sends one body chunk, sending the head first if this is the first.
+    /// Returns the buffer to wait on when it is over the high-water mark.
+    pub fn emit(&mut self, chunk: Bytes) -> PyResult<Result<Option<Arc<Outbuf>>, Disconnected>> {
+        if let Phase::Waiting(_) = self.phase {
+            let outbuf = Arc::new(Outbuf::new(self.high_water));
+            if let Err(gone) = self.send_head(AppBody::Stream(Arc::clone(&outbuf)))? {
+                return Ok(Err(gone));
+            }
+            self.phase = Phase::Streaming(outbuf);
+        }
+        let Phase::Streaming(outbuf) = &self.phase else {
+            return Ok(Err(Disconnected));
+        };
+        if let Err(gone) = outbuf.push(chunk) {
+            self.phase = Phase::Done;
+            return Ok(Err(gone));
+        }
+        Ok(Ok(outbuf.is_full().then(|| Arc::clone(outbuf))))
+    }
+
+    /// Ends the response with everything the app produced: a complete body
+    /// when nothing was sent yet (so the length is known), otherwise the
+    /// end of the stream.
+    pub fn finish(&mut self, rest: Vec<Bytes>) -> PyResult<Result<(), Disconnected>> {
+        let outbuf = match &self.phase {
+            Phase::Waiting(_) => return self.send_head(AppBody::Full(rest)),
+            Phase::Streaming(outbuf) => Arc::clone(outbuf),
+            Phase::Done => return Ok(Err(Disconnected)),
+        };
+        self.phase = Phase::Done;
+        for chunk in rest {
+            if outbuf.push(chunk).is_err() {
+                return Ok(Err(Disconnected));
+            }
+        }
+        outbuf.finish();
+        Ok(Ok(()))
+    }
+
+    pub fn send_file(&mut self, file: FileBody) -> PyResult<Result<(), Disconnected>> {
+        self.content_length = Some(file.len);
+        self.send_head(AppBody::File(file))
+    }
+
+    /// The app's declared Content-Length (for deciding a file's length).
+    pub fn declared_length(&self) -> Option<u64> {
+        self.content_length
+    }
+
+    /// The app failed. Before the head went out the client gets a 500 with
+    /// `detail`; after, the connection is cut so the truncation shows.
+    pub fn fail(&mut self, detail: String) {
+        match std::mem::replace(&mut self.phase, Phase::Done) {
+            Phase::Waiting(reply) => {
+                // The receiver may be gone if the client left; nothing to do.
+                let _ = reply.send(Reply::Failed { detail });
+            }
+            Phase::Streaming(outbuf) => outbuf.abort(),
+            Phase::Done => {}
+        }
+    }
+}
+
+/// Waits (without the GIL) while the client is slower than the app.
+pub fn wait_for_room(py: Python<'_>, outbuf: Option<Arc<Outbuf>>) -> Result<(), Disconnected> {
+    match outbuf {
+        Some(buf) => py.detach(move || buf.wait_for_room()),
+        None => Ok(()),
+    }
+}
+
+/// A body chunk as `Bytes`. Small chunks are copied, because keeping a
+/// Python object alive costs a deferred decref later; large ones are
+/// shared with Python without a copy.
+pub fn chunk_bytes(item: &Bound<'_, PyAny>) -> PyResult<Bytes> {
+    const SHARE_ABOVE: usize = 16 * 1024;
+    let bytes = item.cast::<PyBytes>().map_err(|_| {
+        let kind = item
+            .get_type()
+            .name()
+            .map(|n| n.to_string())
+            .unwrap_or_else(|_| "?".into());
+        PyTypeError::new_err(format!(
+            "WSGI response body items must be bytes, not {kind} (PEP 3333)"
+        ))
+    })?;
+    let data = bytes.as_bytes();
+    if data.len() <= SHARE_ABOVE {
+        Ok(Bytes::copy_from_slice(data))
+    } else {
+        Ok(Bytes::from_owner(
+            bytes.extract::<pyo3::pybacked::PyBackedBytes>()?,
+        ))
+    }
+}
+
+fn py_str<'a>(what: &str, obj: &'a Bound<'_, PyAny>) -> PyResult<std::borrow::Cow<'a, str>> {
+    let s = obj.cast::<PyString>().map_err(|_| {
+        let kind = obj
+            .get_type()
+            .name()
+            .map(|n| n.to_string())
+            .unwrap_or_else(|_| "?".into());
+        PyTypeError::new_err(format!("{what} must be a str, not {kind}"))
+    })?;
+    s.to_cow()
+}
+
+#[pymethods]
+impl StartResponse {
+    #[pyo3(signature = (status, headers, exc_info = None))]
+    fn __call__<'py>(
+        slf: &Bound<'py, Self>,
+        status: &Bound<'py, PyAny>,
+        headers: &Bound<'py, PyAny>,
+        exc_info: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let exc_info = exc_info.filter(|e| !e.is_none());
+        {
+            let this = slf.borrow();
+            match exc_info {
+                // PEP 3333: once the head is out, the only thing left is to
+                // re-raise the error, which cuts the connection.
+                Some(exc) if this.headers_sent() => {
+                    return Err(PyErr::from_value(exc.get_item(1)?));
+                }
+                None if this.status.is_some() => {
+                    return Err(PyAssertionError::new_err(
+                        "start_response() called a second time without exc_info",
+                    ));
+                }
+                _ => {}
+            }
+        }
+        let status = parse_status(&py_str("status", status)?).map_err(PyValueError::new_err)?;
+        let mut parsed = Vec::new();
+        for item in headers.try_iter()? {
+            let item = item?;
+            let (name, value): (Bound<'py, PyAny>, Bound<'py, PyAny>) =
+                item.extract().map_err(|_| {
+                    PyTypeError::new_err("each header must be a (name, value) tuple of str")
+                })?;
+            let name = py_str("a header name", &name)?;
+            let value = py_str("a header value", &value)?;
+            parsed.push(parse_header(&name, &value).map_err(PyValueError::new_err)?);
+        }
+        let length = declared_length(&parsed).map_err(PyValueError::new_err)?;
+        {
+            let mut this = slf.borrow_mut();
+            this.status = Some(status);
+            this.headers = parsed;
+            this.content_length = length;
+        }
+        slf.getattr(pyo3::intern!(py, "write"))
+    }
+
+    /// The legacy `write()` callable returned by `start_response`.
+    fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let chunk = chunk_bytes(data)?;
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        let waited = {
+            let mut this = slf.borrow_mut();
+            if this.status.is_none() {
+                return Err(PyRuntimeError::new_err(
+                    "write() called before start_response()",
+                ));
+            }
+            this.emit(chunk)?
+        };
+        let gone = || pyo3::exceptions::PyConnectionAbortedError::new_err("client disconnected");
+        let outbuf = waited.map_err(|_| gone())?;
+        wait_for_room(py, outbuf).map_err(|_| gone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses() {
+        assert_eq!(
+            parse_status("200 OK"),
+            Ok(Status {
+                code: 200,
+                reason: "OK".into()
+            })
+        );
+        assert_eq!(parse_status("299").map(|s| s.code), Ok(299));
+        assert_eq!(
+            parse_status("404 Not Found Here").map(|s| s.reason),
+            Ok("Not Found Here".into())
+        );
+        assert!(parse_status("200 OK\r\nX: y").is_err());
+        assert!(parse_status("20 OK").is_err());
+        assert!(parse_status("200OK").is_err());
+        assert!(parse_status("abc OK").is_err());
+        assert!(parse_status("100 Continue").unwrap_err().contains("1xx"));
+        assert!(parse_status("200 \u{20ac}").is_err(), "non-latin-1");
+    }
+
+    #[test]
+    fn headers() {
+        let (n, v) = parse_header("X-Caf", "caf\u{e9}").expect("latin-1 ok");
+        assert_eq!(n.as_str(), "x-caf");
+        assert_eq!(v.as_bytes(), b"caf\xe9");
+        assert!(parse_header("X-Bad", "a\r\nSet-Cookie: x").is_err());
+        assert!(parse_header("X-Euro", "\u{20ac}").is_err());
+        assert!(parse_header("Bad Name", "v").is_err());
+        assert!(
+            parse_header("Connection", "close")
+                .unwrap_err()
+                .contains("hop-by-hop")
+        );
+        assert!(parse_header("Transfer-Encoding", "chunked").is_err());
+        assert!(parse_header("X-Tab", "a\tb").is_ok());
+    }
+
+    #[test]
+    fn content_length_declarations() {
+        let h = |v: &str| parse_header("Content-Length", v).expect("header");
+        assert_eq!(declared_length(&[h("12")]), Ok(Some(12)));
+        assert_eq!(declared_length(&[]), Ok(None));
+        assert!(declared_length(&[h("-1")]).is_err());
+        assert!(declared_length(&[h("1e3")]).is_err());
+        assert!(declared_length(&[h("3"), h("4")]).is_err());
+        assert_eq!(declared_length(&[h("3"), h("3")]), Ok(Some(3)));
+    }
+}

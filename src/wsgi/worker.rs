@@ -1,0 +1,337 @@
+//! One Python thread: builds each request's environ, calls the app, and
+//! feeds what the app returns to the connection.
+//!
+//! Per-thread state is built once: interned environ keys, a template dict
+//! holding the entries every request shares (copied per request, which is
+//! one C-level dict copy), and the thread's `wsgi.errors` stream.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use crossbeam_channel::Sender;
+use pyo3::exceptions::PyConnectionAbortedError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+
+use super::environ::Var;
+use super::pool::{DeferredClose, Job, JobQueue, PoolConfig};
+use super::start_response::{StartResponse, chunk_bytes, wait_for_room};
+use super::streams::{ErrorStream, FileWrapper};
+use super::{Call, CgiVars, FileBody, RequestBody};
+use crate::interpreter::format_exception;
+
+/// Header-name keys kept interned per thread; beyond this, rare names are
+/// built per request so odd clients cannot grow the cache without bound.
+const HEADER_KEY_CACHE: usize = 256;
+
+const GENERIC_500: &str = "The server encountered an unexpected internal server error";
+
+pub(super) struct ThreadContext {
+    pub app: Py<PyAny>,
+    pub config: Arc<PoolConfig>,
+    pub queue: JobQueue,
+    pub jobs: Sender<Job>,
+    pub ready: std::sync::mpsc::Sender<Result<(), String>>,
+}
+
+pub(super) fn thread_main(ctx: ThreadContext) {
+    Python::attach(|py| {
+        let mut worker = match Worker::new(py, &ctx) {
+            Ok(w) => w,
+            Err(e) => {
+                let _ = ctx.ready.send(Err(format!(
+                    "cannot set up a Python thread:\n{}",
+                    format_exception(py, &e)
+                )));
+                return;
+            }
+        };
+        let _ = ctx.ready.send(Ok(()));
+        loop {
+            let queue = &ctx.queue;
+            let Ok(job) = py.detach(|| queue.recv()) else {
+                break;
+            };
+            match job {
+                Job::Call(call) => {
+                    // A bug in maitred must cost one request, not a thread:
+                    // the reply channel drops and the client gets a 500.
+                    let ran = std::panic::catch_unwind(AssertUnwindSafe(|| worker.run(py, call)));
+                    if ran.is_err() {
+                        tracing::error!(
+                            "internal error while running a request; see the panic message above"
+                        );
+                    }
+                }
+                Job::Close(iterable) => worker.close(py, iterable.bind(py), "(file response)"),
+            }
+        }
+    });
+}
+
+enum Outcome {
+    Sent,
+    /// `close()` will run when the I/O side is done (file responses).
+    Deferred,
+    Disconnected,
+}
+
+struct Worker {
+    app: Py<PyAny>,
+    config: Arc<PoolConfig>,
+    jobs: Sender<Job>,
+    template: Py<PyDict>,
+    keys: Vec<Py<PyString>>,
+    header_keys: HashMap<String, Py<PyString>>,
+    bytes_io: Py<PyAny>,
+    io_open: Py<PyAny>,
+    os_dup: Py<PyAny>,
+}
+
+impl Worker {
+    fn new(py: Python<'_>, ctx: &ThreadContext) -> PyResult<Self> {
+        let config = &ctx.config;
+        let template = PyDict::new(py);
+        template.set_item("wsgi.version", PyTuple::new(py, [1, 0])?)?;
+        template.set_item("wsgi.url_scheme", &config.url_scheme)?;
+        template.set_item("wsgi.errors", Bound::new(py, ErrorStream::new())?)?;
+        template.set_item("wsgi.multithread", config.threads > 1)?;
+        template.set_item("wsgi.multiprocess", false)?;
+        template.set_item("wsgi.run_once", false)?;
+        template.set_item("wsgi.input_terminated", true)?;
+        template.set_item("wsgi.file_wrapper", py.get_type::<FileWrapper>())?;
+        template.set_item("SERVER_SOFTWARE", &config.server_software)?;
+        template.set_item("SERVER_NAME", &config.server_name)?;
+        template.set_item("SCRIPT_NAME", &config.script_name)?;
+        let keys = Var::ALL
+            .iter()
+            .map(|v| PyString::intern(py, v.name()).unbind())
+            .collect();
+        let io = py.import("io")?;
+        Ok(Worker {
+            app: ctx.app.clone_ref(py),
+            config: Arc::clone(config),
+            jobs: ctx.jobs.clone(),
+            template: template.unbind(),
+            keys,
+            header_keys: HashMap::new(),
+            bytes_io: io.getattr("BytesIO")?.unbind(),
+            io_open: io.getattr("open")?.unbind(),
+            os_dup: py.import("os")?.getattr("dup")?.unbind(),
+        })
+    }
+
+    fn run(&mut self, py: Python<'_>, call: Call) {
+        let Call { cgi, body, reply } = call;
+        let uri = cgi.get(Var::RequestUri).unwrap_or("").to_owned();
+        let responder = match Bound::new(py, StartResponse::new(reply, self.config.high_water)) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!("cannot create start_response: {}", format_exception(py, &e));
+                return;
+            }
+        };
+        let result = self
+            .environ(py, cgi, body)
+            .and_then(|environ| self.app.bind(py).call1((environ, &responder)));
+        let iterable = match result {
+            Ok(iterable) => iterable,
+            Err(e) => return self.failed(py, &responder, &e, &uri),
+        };
+        match self.send_body(py, &responder, &iterable) {
+            Ok(Outcome::Deferred) => return,
+            Ok(Outcome::Sent) => {}
+            Ok(Outcome::Disconnected) => {
+                tracing::info!("Client disconnected while serving {uri}");
+            }
+            Err(e) => self.failed(py, &responder, &e, &uri),
+        }
+        self.close(py, &iterable, &uri);
+    }
+
+    fn environ<'py>(
+        &mut self,
+        py: Python<'py>,
+        cgi: CgiVars,
+        body: RequestBody,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let environ = self.template.bind(py).copy()?;
+        for (var, value) in cgi.vars {
+            environ.set_item(self.keys[var as usize].bind(py), value)?;
+        }
+        for (key, value) in cgi.headers {
+            let key = self.header_key(py, key);
+            environ.set_item(key, value)?;
+        }
+        environ.set_item(pyo3::intern!(py, "wsgi.input"), self.input(py, body)?)?;
+        Ok(environ)
+    }
+
+    fn header_key<'py>(&mut self, py: Python<'py>, key: String) -> Bound<'py, PyString> {
+        if let Some(k) = self.header_keys.get(&key) {
+            return k.bind(py).clone();
+        }
+        let interned = PyString::intern(py, &key);
+        if self.header_keys.len() < HEADER_KEY_CACHE {
+            self.header_keys.insert(key, interned.clone().unbind());
+        }
+        interned
+    }
+
+    /// `wsgi.input`: a `BytesIO` over an in-memory body, or the spooled
+    /// file opened in binary mode. Both are the standard library's own
+    /// readers, so `read`, `readline`, `readlines` and iteration agree.
+    fn input<'py>(&self, py: Python<'py>, body: RequestBody) -> PyResult<Bound<'py, PyAny>> {
+        match body {
+            RequestBody::Memory(bytes) => self.bytes_io.bind(py).call1((PyBytes::new(py, &bytes),)),
+            RequestBody::File(file) => {
+                // Python takes ownership of the descriptor on success. On a
+                // failure the descriptor may or may not have been closed by
+                // CPython, so it is deliberately leaked rather than risk
+                // closing a number that another thread has reused.
+                let fd = OwnedFd::from(file).into_raw_fd();
+                self.io_open.bind(py).call1((fd, "rb"))
+            }
+        }
+    }
+
+    fn send_body(
+        &self,
+        py: Python<'_>,
+        responder: &Bound<'_, StartResponse>,
+        iterable: &Bound<'_, PyAny>,
+    ) -> PyResult<Outcome> {
+        let gone = |r: Result<(), super::outbuf::Disconnected>| match r {
+            Ok(()) => Outcome::Sent,
+            Err(_) => Outcome::Disconnected,
+        };
+        // A list or tuple is the whole body: send it in one piece, with a
+        // Content-Length, so even HTTP/1.0 clients can keep the connection.
+        if iterable.is_exact_instance_of::<PyList>() || iterable.is_exact_instance_of::<PyTuple>() {
+            let mut chunks = Vec::new();
+            for item in iterable.try_iter()? {
+                let chunk = chunk_bytes(&item?)?;
+                if !chunk.is_empty() {
+                    chunks.push(chunk);
+                }
+            }
+            return Ok(gone(responder.borrow_mut().finish(chunks)?));
+        }
+        if let Ok(wrapper) = iterable.cast::<FileWrapper>() {
+            if !responder.borrow().headers_sent() {
+                if let Some((file, offset, size)) = self.file_source(py, wrapper.get())? {
+                    let declared = responder.borrow().declared_length();
+                    // Waitress's rule: a declared length shorter than the
+                    // file caps it; a longer one is corrected to the file.
+                    let len = declared.map_or(size, |d| d.min(size));
+                    let close = DeferredClose::new(iterable.clone().unbind(), self.jobs.clone());
+                    let body = FileBody {
+                        file,
+                        offset,
+                        len,
+                        close,
+                    };
+                    return Ok(match responder.borrow_mut().send_file(body)? {
+                        Ok(()) => Outcome::Deferred,
+                        Err(_) => {
+                            tracing::info!("Client disconnected before a file response");
+                            Outcome::Deferred
+                        }
+                    });
+                }
+            }
+        }
+        for item in iterable.try_iter()? {
+            let chunk = chunk_bytes(&item?)?;
+            if chunk.is_empty() {
+                continue;
+            }
+            let emitted = responder.borrow_mut().emit(chunk)?;
+            let Ok(full) = emitted else {
+                return Ok(Outcome::Disconnected);
+            };
+            if wait_for_room(py, full).is_err() {
+                return Ok(Outcome::Disconnected);
+            }
+        }
+        Ok(gone(responder.borrow_mut().finish(Vec::new())?))
+    }
+
+    /// A regular binary file behind a file wrapper, as an independent
+    /// descriptor positioned where the app left the Python file object.
+    fn file_source(
+        &self,
+        py: Python<'_>,
+        wrapper: &FileWrapper,
+    ) -> PyResult<Option<(File, u64, u64)>> {
+        let filelike = wrapper.filelike_ref(py);
+        // Text files report opaque tell() cookies, and objects without a
+        // descriptor cannot be read from Rust: both take the generic path.
+        if filelike.hasattr(pyo3::intern!(py, "encoding"))? {
+            return Ok(None);
+        }
+        let fd = filelike
+            .call_method0(pyo3::intern!(py, "fileno"))
+            .and_then(|f| f.extract::<i32>());
+        let pos = filelike
+            .call_method0(pyo3::intern!(py, "tell"))
+            .and_then(|p| p.extract::<u64>());
+        let (Ok(fd), Ok(pos)) = (fd, pos) else {
+            return Ok(None);
+        };
+        let dup: i32 = self.os_dup.bind(py).call1((fd,))?.extract()?;
+        // SAFETY: `os.dup` has just returned `dup`, a new descriptor that is
+        // open and that nothing else in the process knows about, so this
+        // File becomes its sole owner and closes it exactly once.
+        let file = File::from(unsafe { OwnedFd::from_raw_fd(dup) });
+        debug_assert_eq!(file.as_raw_fd(), dup);
+        match file.metadata() {
+            Ok(meta) if meta.is_file() => {
+                let size = meta.len().saturating_sub(pos);
+                Ok(Some((file, pos, size)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    fn failed(&self, py: Python<'_>, responder: &Bound<'_, StartResponse>, err: &PyErr, uri: &str) {
+        if err.is_instance_of::<PyConnectionAbortedError>(py) {
+            tracing::info!("Client disconnected while serving {uri}");
+            responder.borrow_mut().fail(String::new());
+            return;
+        }
+        let traceback = format_exception(py, err);
+        tracing::error!(target: "maitred::app", "Exception while serving {uri}\n{traceback}");
+        let detail = if self.config.expose_tracebacks {
+            traceback
+        } else {
+            GENERIC_500.to_owned()
+        };
+        responder.borrow_mut().fail(detail);
+    }
+
+    /// PEP 3333: the iterable's `close()` runs once the response is over,
+    /// however it ended.
+    fn close(&self, py: Python<'_>, iterable: &Bound<'_, PyAny>, uri: &str) {
+        if iterable.is_exact_instance_of::<PyList>() || iterable.is_exact_instance_of::<PyTuple>() {
+            return;
+        }
+        let close = pyo3::intern!(py, "close");
+        match iterable.hasattr(close) {
+            Ok(true) => {
+                if let Err(e) = iterable.call_method0(close) {
+                    tracing::error!(
+                        target: "maitred::app",
+                        "Exception in close() of the response to {uri}\n{}",
+                        format_exception(py, &e)
+                    );
+                }
+            }
+            Ok(false) => {}
+            Err(e) => tracing::error!(target: "maitred::app", "{}", format_exception(py, &e)),
+        }
+    }
+}
