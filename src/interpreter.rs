@@ -329,7 +329,12 @@ pub fn load_app(settings: &Settings) -> Result<LoadedApp, StartError> {
 /// that fails.
 pub fn format_exception(py: Python<'_>, err: &PyErr) -> String {
     let formatted = py.import("traceback").and_then(|tb| {
-        let lines = tb.call_method1("format_exception", (err.value(py),))?;
+        // The traceback travels with the PyErr, not necessarily on the
+        // exception object, so all three parts are passed explicitly.
+        let lines = tb.call_method1(
+            "format_exception",
+            (err.get_type(py), err.value(py), err.traceback(py)),
+        )?;
         lines.extract::<Vec<String>>()
     });
     match formatted {

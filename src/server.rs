@@ -11,7 +11,10 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
-use tokio::io::{AsyncRead, AsyncWrite};
+use std::future::Future;
+use std::pin::Pin;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{Semaphore, watch};
 
@@ -169,8 +172,11 @@ pub fn http1_builder(settings: &Settings) -> http1::Builder {
         .title_case_headers(true)
         // A client that shuts down its sending side after the request
         // (`nc -N`, some HTTP/1.0 tools) still gets its response.
-        .half_close(true)
-        .pipeline_flush(true);
+        .half_close(true);
+    // Not `pipeline_flush`: it holds writes back while unread bytes sit in
+    // the read buffer, and after a read error (a malformed chunked body, an
+    // oversized head) those bytes are never consumed, so the error response
+    // would never be written.
     builder
 }
 
@@ -314,22 +320,60 @@ fn spawn_connection<S>(
     let builder = ctx.builder.clone();
     let mut stop = ctx.stop.clone();
     tokio::spawn(async move {
-        let service =
-            hyper::service::service_fn(move |req| service::handle(req, Arc::clone(&shared), peer));
-        let conn = builder.serve_connection(TokioIo::new(stream), service);
-        tokio::pin!(conn);
-        let result = tokio::select! {
-            r = conn.as_mut() => r,
-            _ = stop.changed() => {
+        // Boxed so the service future is Unpin, which taking the socket
+        // back from hyper (`poll_without_shutdown`) requires.
+        let service = hyper::service::service_fn(move |req| {
+            Box::pin(service::handle(req, Arc::clone(&shared), peer))
+        });
+        let mut conn = builder.serve_connection(TokioIo::new(stream), service);
+        let mut stopping = Box::pin(async move {
+            let _ = stop.changed().await;
+        });
+        let mut stopped = false;
+        let result = std::future::poll_fn(|cx| {
+            if !stopped && stopping.as_mut().poll(cx).is_ready() {
+                stopped = true;
                 // Idle connections close now; busy ones after their
-                // current response, with `Connection: close`.
-                conn.as_mut().graceful_shutdown();
-                conn.await
+                // current response, which then says `Connection: close`.
+                Pin::new(&mut conn).graceful_shutdown();
             }
-        };
-        if let Err(e) = result {
+            conn.poll_without_shutdown(cx)
+        })
+        .await;
+        if let Err(e) = &result {
             tracing::debug!("connection ended with an error: {e}");
         }
+        // Also after errors: a refused body or an app's short response still
+        // has bytes the client must be able to read before the close.
+        linger(conn.into_parts().io.into_inner()).await;
         drop(permit);
     });
+}
+
+/// Longest a closing connection waits for the client to stop sending.
+const LINGER_TIME: Duration = Duration::from_secs(2);
+/// Most bytes read and discarded while lingering.
+const LINGER_BYTES: usize = 1 << 20;
+
+/// Closes a connection without destroying the response just sent.
+///
+/// When maitred closes a connection whose client is still sending (a
+/// refused upload, requests pipelined after a `Connection: close`), closing
+/// the socket with unread input makes the kernel send a reset, and the
+/// client may lose the response before reading it. So: send FIN, read and
+/// discard until the client closes too (or a bound is hit), then close,
+/// as nginx's lingering close does.
+async fn linger<S: AsyncRead + AsyncWrite + Unpin>(mut io: S) {
+    if io.shutdown().await.is_err() {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + LINGER_TIME;
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut discarded = 0;
+    while discarded < LINGER_BYTES {
+        match tokio::time::timeout_at(deadline, io.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => discarded += n,
+            _ => return,
+        }
+    }
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, SERVER, TRANSFER_ENCODING, VIA};
 use http::request::Parts;
-use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -42,11 +42,11 @@ pub async fn handle(
     if let Err(rejection) =
         policy::check_head(&parts.method, &parts.headers, declared, shared.max_body)
     {
-        return Ok(reject(&shared, rejection));
+        return Ok(reject(&shared, parts.version, rejection));
     }
     let received = match receive(body, &parts, &shared).await {
         Ok(received) => received,
-        Err(rejection) => return Ok(reject(&shared, rejection)),
+        Err(rejection) => return Ok(reject(&shared, parts.version, rejection)),
     };
     let head = Head {
         method: parts.method.as_str(),
@@ -66,6 +66,7 @@ pub async fn handle(
     if !shared.pool.submit(call) {
         return Ok(reject(
             &shared,
+            parts.version,
             Rejection::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "The server is shutting down",
@@ -79,6 +80,7 @@ pub async fn handle(
         Err(_) => {
             return Ok(reject(
                 &shared,
+                parts.version,
                 Rejection::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "The server encountered an unexpected internal server error",
@@ -146,17 +148,16 @@ async fn receive(
 }
 
 fn malformed_body(err: hyper::Error) -> Rejection {
-    // hyper's own message is generic; the cause says what was wrong with
-    // the framing (e.g. "invalid chunk size line").
-    let mut detail = err.to_string();
-    let mut source = std::error::Error::source(&err);
-    while let Some(cause) = source {
-        detail = format!("{detail}: {cause}");
-        source = cause.source();
+    // hyper's own message is generic ("error reading a body from
+    // connection"); the innermost cause says what was wrong, e.g. "Invalid
+    // chunk size line: missing size digit".
+    let mut cause: &dyn std::error::Error = &err;
+    while let Some(inner) = cause.source() {
+        cause = inner;
     }
     Rejection::new(
         StatusCode::BAD_REQUEST,
-        format!("Malformed request body ({detail})"),
+        format!("Malformed request body: {cause}"),
     )
 }
 
@@ -171,10 +172,13 @@ fn spool_failed(err: std::io::Error) -> Rejection {
 /// A response maitred writes itself. It always closes the connection:
 /// after a refusal the rest of the request may not have been read, so the
 /// byte stream cannot be trusted for another request.
-pub fn reject(shared: &Shared, rejection: Rejection) -> Response<ResponseBody> {
+pub fn reject(shared: &Shared, version: Version, rejection: Rejection) -> Response<ResponseBody> {
     let body = policy::error_body(rejection.status, &rejection.detail, &shared.ident);
     let mut response = Response::new(ResponseBody::text(body));
     *response.status_mut() = rejection.status;
+    // hyper decides keep-alive from the response's version; it must be the
+    // request's or a 1.0 close would gain a `keep-alive` token.
+    *response.version_mut() = version;
     let headers = response.headers_mut();
     headers.insert(CONNECTION, HeaderValue::from_static("close"));
     headers.insert(
@@ -198,6 +202,7 @@ fn respond(shared: &Shared, req: &Parts, reply: Reply, uri: Arc<str>) -> Respons
         Reply::Failed { detail } => {
             return reject(
                 shared,
+                req.version,
                 Rejection::new(StatusCode::INTERNAL_SERVER_ERROR, detail),
             );
         }
@@ -206,6 +211,7 @@ fn respond(shared: &Shared, req: &Parts, reply: Reply, uri: Arc<str>) -> Respons
         // start_response validated it; reaching this is a maitred bug.
         return reject(
             shared,
+            req.version,
             Rejection::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "invalid status from application",
@@ -229,6 +235,7 @@ fn respond(shared: &Shared, req: &Parts, reply: Reply, uri: Arc<str>) -> Respons
     };
     let mut response = Response::new(body);
     *response.status_mut() = status;
+    *response.version_mut() = req.version;
     if status.canonical_reason() != Some(app.reason.as_str()) {
         if let Ok(reason) = hyper::ext::ReasonPhrase::try_from(app.reason.into_bytes()) {
             response.extensions_mut().insert(reason);
