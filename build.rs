@@ -14,17 +14,17 @@ fn main() {
         // `--enable-new-dtags` writes RUNPATH, which LD_LIBRARY_PATH can still
         // override deliberately; DT_RPATH would silently beat it.
         println!("cargo:rustc-link-arg=-Wl,-rpath,{lib_dir}");
-        println!("cargo:rustc-env=MAITRED_PYTHON_LIBDIR={lib_dir}");
+        println!("cargo:rustc-env=BUILD_PYTHON_LIBDIR={lib_dir}");
     } else {
-        println!("cargo:rustc-env=MAITRED_PYTHON_LIBDIR=");
+        println!("cargo:rustc-env=BUILD_PYTHON_LIBDIR=");
     }
     // When the build runs inside a virtualenv, pyo3 reports the venv's
     // `python`; the runtime needs the base interpreter, or every start would
     // silently adopt the build machine's venv.
     let executable = config.executable().map(base_executable).unwrap_or_default();
-    println!("cargo:rustc-env=MAITRED_PYTHON_EXECUTABLE={executable}");
+    println!("cargo:rustc-env=BUILD_PYTHON_EXECUTABLE={executable}");
     println!(
-        "cargo:rustc-env=MAITRED_PYTHON_VERSION={}.{}",
+        "cargo:rustc-env=BUILD_PYTHON_VERSION={}.{}",
         config.version().major,
         config.version().minor
     );

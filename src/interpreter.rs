@@ -47,9 +47,9 @@ pub enum StartError {
 
 /// The directory of the build interpreter's shared library, recorded by
 /// `build.rs`, so a mismatch with the loaded one can be reported.
-const BUILD_LIBDIR: &str = env!("MAITRED_PYTHON_LIBDIR");
-const BUILD_EXECUTABLE: &str = env!("MAITRED_PYTHON_EXECUTABLE");
-const BUILD_VERSION: &str = env!("MAITRED_PYTHON_VERSION");
+const BUILD_LIBDIR: &str = env!("BUILD_PYTHON_LIBDIR");
+const BUILD_EXECUTABLE: &str = env!("BUILD_PYTHON_EXECUTABLE");
+const BUILD_VERSION: &str = env!("BUILD_PYTHON_VERSION");
 
 /// Which virtualenv to use: the setting, else `$VIRTUAL_ENV`.
 fn virtualenv(settings: &Settings) -> Result<Option<PathBuf>, StartError> {
