@@ -32,6 +32,9 @@ pub struct ResponseBody {
     remaining: Option<u64>,
     declared: u64,
     truncated: bool,
+    /// An error waiting for hyper to flush what came before it (see
+    /// `poll_frame`).
+    failure: Option<BodyError>,
     /// Request URI, for the warnings.
     uri: Arc<str>,
 }
@@ -79,6 +82,7 @@ impl ResponseBody {
             remaining: declared,
             declared: declared.unwrap_or(0),
             truncated: false,
+            failure: None,
             uri,
         }
     }
@@ -172,8 +176,11 @@ impl http_body::Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        if let Some(failure) = this.failure.take() {
+            return Poll::Ready(Some(Err(failure.into())));
+        }
         loop {
-            match ready!(this.poll_source(cx)) {
+            let failure = match ready!(this.poll_source(cx)) {
                 Some(Ok(mut data)) => {
                     if let Some(remaining) = &mut this.remaining {
                         if data.len() as u64 > *remaining {
@@ -196,7 +203,7 @@ impl http_body::Body for ResponseBody {
                     }
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
-                Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+                Some(Err(e)) => e,
                 None => {
                     if let Some(remaining) = this.remaining.filter(|r| *r > 0) {
                         let sent = this.declared - remaining;
@@ -207,15 +214,24 @@ impl http_body::Body for ResponseBody {
                             this.uri
                         );
                         this.remaining = Some(0);
-                        let err = BodyError::Short {
+                        BodyError::Short {
                             sent,
                             declared: this.declared,
-                        };
-                        return Poll::Ready(Some(Err(err.into())));
+                        }
+                    } else {
+                        return Poll::Ready(None);
                     }
-                    return Poll::Ready(None);
                 }
-            }
+            };
+            // A body error makes hyper drop the connection at once, losing
+            // whatever it has buffered but not yet written (possibly the
+            // whole head). Yielding once first lets hyper's write loop flush
+            // it; the error is reported on the next poll, so the client
+            // gets every byte produced and then a visibly incomplete
+            // message.
+            this.failure = Some(failure);
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
         }
     }
 
