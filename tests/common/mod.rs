@@ -47,6 +47,7 @@ pub struct ServerBuilder {
     env_remove: Vec<String>,
     cwd: PathBuf,
     listen: bool,
+    listeners: usize,
 }
 
 pub fn server() -> ServerBuilder {
@@ -60,6 +61,7 @@ pub fn server() -> ServerBuilder {
         ],
         cwd: apps_dir(),
         listen: true,
+        listeners: 1,
     }
 }
 
@@ -86,6 +88,12 @@ impl ServerBuilder {
 
     pub fn cwd(mut self, dir: impl Into<PathBuf>) -> Self {
         self.cwd = dir.into();
+        self
+    }
+
+    /// How many "Serving on" lines to wait for.
+    pub fn listeners(mut self, n: usize) -> Self {
+        self.listeners = n;
         self
     }
 
@@ -150,7 +158,7 @@ impl ServerBuilder {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             let urls = server.serving_urls();
-            if !urls.is_empty() {
+            if urls.len() >= self.listeners {
                 server.urls = urls;
                 return server;
             }

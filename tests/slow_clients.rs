@@ -1,0 +1,121 @@
+//! A slow client must never hold a Python thread: uploads are received
+//! before the app is called, and downloads are buffered up to the
+//! high-water mark. Each test runs with one Python thread, so any thread
+//! held by a slow client would stall every other request.
+
+mod common;
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use common::{Conn, server};
+
+fn one_thread(extra: &[&str]) -> common::Server {
+    server()
+        .arg("--threads=1")
+        .args(extra.iter().copied())
+        .arg("behaviours:app")
+        .start()
+}
+
+fn events(s: &common::Server) -> Vec<String> {
+    s.json("/events")
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|e| e.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_stalled_upload_does_not_hold_the_python_thread() {
+    let s = one_thread(&[]);
+    let mut uploader = Conn::open(&s);
+    uploader.send_str("POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\n");
+    uploader.send(&[b'u'; 1000]);
+
+    let started = Instant::now();
+    assert_eq!(s.get("/list").text(), "one,two");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "served while the upload stalls"
+    );
+
+    uploader.send(&[b'u'; 99_000]);
+    let r = uploader.response();
+    assert_eq!(r.body.len(), 100_000);
+}
+
+#[test]
+fn a_client_that_does_not_read_does_not_hold_the_python_thread() {
+    let s = one_thread(&[]);
+    // 8 MB is under the 16 MiB default high-water mark: the app finishes
+    // producing it although the client reads nothing yet.
+    let mut reader = s.connect();
+    reader
+        .write_all(b"GET /big?8000000 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .expect("send");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !events(&s).iter().any(|e| e == "closed:big") {
+        assert!(
+            Instant::now() < deadline,
+            "the app never finished: {}",
+            s.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(s.get("/list").text(), "one,two");
+
+    let mut buffered = std::io::BufReader::new(reader);
+    let r = common::read_response(&mut buffered).expect("response");
+    assert_eq!(r.body.len(), 8_000_000);
+}
+
+#[test]
+fn the_high_water_mark_bounds_what_a_slow_client_can_pile_up() {
+    // With a small mark the app thread waits (without the GIL) for the
+    // client, keeping memory bounded; it resumes as the client reads.
+    let s = server()
+        .args([
+            "--threads=2",
+            "--outbuf-high-watermark=256KiB",
+            "behaviours:app",
+        ])
+        .start();
+    let mut reader = s.connect();
+    reader
+        .write_all(b"GET /big?8000000 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .expect("send");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !events(&s).iter().any(|e| e == "big-done"),
+        "the producer must be held back by the mark"
+    );
+    // The other thread still serves, and the waiting one holds no GIL.
+    assert_eq!(s.get("/list").text(), "one,two");
+
+    let mut buffered = std::io::BufReader::new(reader);
+    let r = common::read_response(&mut buffered).expect("response");
+    assert_eq!(r.body.len(), 8_000_000);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !events(&s).iter().any(|e| e == "big-done") {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn python_threads_run_requests_concurrently() {
+    // Waitress's SleepyThreadTests: a sleeping request does not delay a
+    // quick one on another connection.
+    let s = server().args(["--threads=2", "behaviours:app"]).start();
+    let mut sleepy = Conn::open(&s);
+    sleepy.send_str("GET /sleep?1.0 HTTP/1.1\r\nHost: t\r\n\r\n");
+    std::thread::sleep(Duration::from_millis(100));
+    let started = Instant::now();
+    assert_eq!(s.get("/list").text(), "one,two");
+    assert!(started.elapsed() < Duration::from_millis(800));
+    assert_eq!(sleepy.response().text(), "slept 1.0\n");
+}
