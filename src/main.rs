@@ -118,7 +118,10 @@ fn run(settings: Settings) -> Result<(), Failure> {
         app.app,
         wsgi::PoolConfig {
             threads: settings.threads,
-            high_water: settings.limits.outbuf_high_watermark.as_usize(),
+            output: wsgi::outbuf::Limits {
+                high_water: settings.limits.outbuf_high_watermark.as_usize(),
+                overflow: settings.limits.outbuf_overflow.as_usize(),
+            },
             expose_tracebacks: settings.expose_tracebacks,
             url_scheme: settings.url_scheme.clone(),
             server_name: settings.server_name.clone(),

@@ -185,7 +185,7 @@ fn url_prefix_sets_script_name_like_waitress() {
         ("/%61pp/z", "/z"),
     ];
     for (path, expected) in cases {
-        let env = environ_of(&s, &format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n"));
+        let env = environ_of(&s, format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n"));
         assert_eq!(env["SCRIPT_NAME"], "/app", "{path}");
         assert_eq!(env["PATH_INFO"], expected, "{path}");
     }
@@ -211,7 +211,7 @@ fn expected_input() -> Value {
 fn post_input(s: &common::Server) -> Value {
     environ_of(
         s,
-        &format!(
+        format!(
             "POST /input HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{INPUT_BODY}",
             INPUT_BODY.len()
         ),
@@ -240,7 +240,7 @@ fn wsgi_input_methods_agree_when_spooled_to_disk() {
     let body: String = (0..20_000).map(|i| format!("{i:05}\n")).collect();
     let env = environ_of(
         &s,
-        &format!(
+        format!(
             "POST /input-size HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         ),

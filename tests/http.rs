@@ -398,3 +398,47 @@ fn leading_empty_lines_before_a_request_are_ignored() {
     let raw = s.exchange(b"\r\n\r\nGET /list HTTP/1.0\r\n\r\n");
     assert!(String::from_utf8_lossy(&raw).ends_with("one,two"));
 }
+
+#[test]
+fn idle_keep_alive_connections_close_after_channel_timeout() {
+    let s = server()
+        .args(["--channel-timeout=1", "behaviours:app"])
+        .start();
+    let mut c = Conn::open(&s);
+    c.send_str("GET /list HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(c.response().status, 200);
+    let idle_since = std::time::Instant::now();
+    assert!(c.is_closed(), "closed while idle");
+    let waited = idle_since.elapsed();
+    assert!(
+        waited >= Duration::from_millis(800),
+        "not before the timeout: {waited:?}"
+    );
+    assert!(waited < Duration::from_secs(4), "soon after it: {waited:?}");
+}
+
+#[test]
+fn a_head_trickled_byte_by_byte_is_cut_off() {
+    // Waitress resets its timer on every byte; maitred bounds the whole head.
+    let s = server()
+        .args(["--channel-timeout=1", "behaviours:app"])
+        .start();
+    let mut stream = s.connect();
+    let started = std::time::Instant::now();
+    let head = b"GET /list HTTP/1.1\r\nHost: t\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    for byte in head {
+        if stream.write_all(&[*byte]).is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        if started.elapsed() > Duration::from_secs(6) {
+            break;
+        }
+    }
+    let closed_after = started.elapsed();
+    assert!(
+        common::is_closed(&mut stream, Duration::from_secs(3)),
+        "slowloris head is cut off"
+    );
+    assert!(closed_after < Duration::from_secs(6), "{closed_after:?}");
+}

@@ -119,3 +119,41 @@ fn python_threads_run_requests_concurrently() {
     assert!(started.elapsed() < Duration::from_millis(800));
     assert_eq!(sleepy.response().text(), "slept 1.0\n");
 }
+
+/// Deleted temporary files the server process holds open.
+fn open_temp_files(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| {
+            dir.filter_map(Result::ok)
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .filter(|target| target.to_string_lossy().ends_with("(deleted)"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn pending_output_past_outbuf_overflow_is_spooled_to_disk() {
+    let s = server()
+        .args(["--threads=1", "--outbuf-overflow=64KiB", "behaviours:app"])
+        .start();
+    let before = open_temp_files(s.pid());
+    let mut reader = s.connect();
+    reader
+        .write_all(b"GET /big?8000000 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .expect("send");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !events(&s).iter().any(|e| e == "closed:big") {
+        assert!(Instant::now() < deadline, "the app never finished");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        open_temp_files(s.pid()),
+        before + 1,
+        "one spool file for the stalled response"
+    );
+    let mut buffered = std::io::BufReader::new(reader);
+    let r = common::read_response(&mut buffered).expect("response");
+    assert_eq!(r.body.len(), 8_000_000);
+    assert!(r.body.iter().all(|&b| b == b'x'));
+}

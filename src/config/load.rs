@@ -15,19 +15,17 @@ use crate::cli::Invocation;
 const DEFAULTS: &str = "built-in defaults";
 const ENVIRONMENT: &str = "environment";
 const COMMAND_LINE: &str = "command line";
-const ENV_PREFIX: &str = "MAITRED_";
+const ENV_PREFIX: &str = registry::ENV_PREFIX;
 
 /// `MAITRED_*` variables that are not settings. `CONFIG` names the file;
 /// `BIN` and `ARGS` are read by the benchmark harness, which passes its whole
 /// environment to the server.
 const NOT_SETTINGS: &[&str] = &["config", "bin", "args"];
 
-/// Settings after a successful load, with the figment they came from so
-/// provenance can be asked for later.
+/// Settings after a successful load.
 #[derive(Debug)]
 pub struct Loaded {
     pub settings: Settings,
-    pub figment: Figment,
     /// Which file was read, if any.
     pub file: Option<PathBuf>,
 }
@@ -153,7 +151,6 @@ pub fn load(inv: &Invocation) -> Result<Loaded, LoadError> {
     }
     Ok(Loaded {
         settings,
-        figment: fig,
         file: file.map(|(p, _)| p),
     })
 }
@@ -213,19 +210,12 @@ pub fn describe_source(md: &Metadata, key: &str) -> String {
             }
             None => "the command line".to_owned(),
         },
-        ENVIRONMENT => format!("environment variable {}", env_var_for(key)),
+        ENVIRONMENT => format!("environment variable {}", registry::env_var(key)),
         _ => match &md.source {
             Some(Source::File(path)) => format!("{} (key `{key}`)", path.display()),
             _ => md.name.to_string(),
         },
     }
-}
-
-fn env_var_for(key: &str) -> String {
-    format!(
-        "{ENV_PREFIX}{}",
-        key.replace('.', "__").to_ascii_uppercase()
-    )
 }
 
 fn render_problem(fig: &Figment, p: &Problem) -> String {
@@ -288,7 +278,7 @@ fn render_figment_error(e: &figment::Error) -> String {
 /// Unknown keys have no registry entry, so name the source by shape.
 fn describe_unknown_source(md: &Metadata, key: &str) -> String {
     match md.name.as_ref() {
-        ENVIRONMENT => format!("environment variable {}", env_var_for(key)),
+        ENVIRONMENT => format!("environment variable {}", registry::env_var(key)),
         _ => match &md.source {
             Some(Source::File(path)) => path.display().to_string(),
             _ => md.name.to_string(),
@@ -316,6 +306,8 @@ fn suggest(field: &str, table: Option<&str>) -> Option<String> {
 }
 
 #[cfg(test)]
+// figment's Jail closures return figment::Error, which is large by design.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
     use figment::Jail;

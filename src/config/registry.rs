@@ -41,14 +41,15 @@ pub struct Setting {
     pub status: Status,
 }
 
-impl Setting {
-    /// `MAITRED_LIMITS__MAX_REQUEST_BODY_SIZE` for `limits.max_request_body_size`.
-    pub fn env_var(&self) -> String {
-        format!(
-            "MAITRED_{}",
-            self.key.replace('.', "__").to_ascii_uppercase()
-        )
-    }
+pub const ENV_PREFIX: &str = "MAITRED_";
+
+/// `MAITRED_LIMITS__MAX_REQUEST_BODY_SIZE` for `limits.max_request_body_size`
+/// (any dotted key, known or not, so typos can be named too).
+pub fn env_var(key: &str) -> String {
+    format!(
+        "{ENV_PREFIX}{}",
+        key.replace('.', "__").to_ascii_uppercase()
+    )
 }
 
 const fn setting(
@@ -390,12 +391,9 @@ mod tests {
     #[test]
     fn env_var_names_nest_with_double_underscore() {
         assert_eq!(
-            by_key("limits.max_request_body_size").map(Setting::env_var),
-            Some("MAITRED_LIMITS__MAX_REQUEST_BODY_SIZE".to_owned())
+            env_var("limits.max_request_body_size"),
+            "MAITRED_LIMITS__MAX_REQUEST_BODY_SIZE"
         );
-        assert_eq!(
-            by_key("threads").map(Setting::env_var),
-            Some("MAITRED_THREADS".to_owned())
-        );
+        assert_eq!(env_var("threads"), "MAITRED_THREADS");
     }
 }

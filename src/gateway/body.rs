@@ -285,7 +285,7 @@ mod tests {
 
     #[tokio::test]
     async fn undeclared_length_passes_everything() {
-        let outbuf = Arc::new(Outbuf::new(1024));
+        let outbuf = Arc::new(Outbuf::new(1024, usize::MAX));
         outbuf.push(Bytes::from_static(b"xy")).expect("open");
         outbuf.finish();
         let body = ResponseBody::stream(outbuf, None, uri());
@@ -294,7 +294,7 @@ mod tests {
 
     #[tokio::test]
     async fn aborted_stream_is_an_error() {
-        let outbuf = Arc::new(Outbuf::new(1024));
+        let outbuf = Arc::new(Outbuf::new(1024, usize::MAX));
         outbuf.push(Bytes::from_static(b"xy")).expect("open");
         outbuf.abort();
         let body = ResponseBody::stream(Arc::clone(&outbuf), None, uri());
@@ -303,7 +303,7 @@ mod tests {
 
     #[tokio::test]
     async fn dropping_a_stream_disconnects_the_producer() {
-        let outbuf = Arc::new(Outbuf::new(1024));
+        let outbuf = Arc::new(Outbuf::new(1024, usize::MAX));
         drop(ResponseBody::stream(Arc::clone(&outbuf), None, uri()));
         assert!(outbuf.push(Bytes::from_static(b"late")).is_err());
     }

@@ -10,8 +10,15 @@
 //! Chunks taken together are coalesced into one write (up to
 //! [`COALESCE_LIMIT`]), so an app that yields many small pieces costs one
 //! HTTP chunk per socket write rather than one per `yield`.
+//!
+//! Pending bytes beyond `overflow` (Waitress's `outbuf_overflow`) go to an
+//! anonymous temporary file instead of memory, so a slow client costs at
+//! most `overflow` bytes of RAM while up to the high-water mark is pending.
+//! Order is kept: once spooling starts, later chunks follow the spooled ones.
 
 use std::collections::VecDeque;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 
@@ -33,12 +40,40 @@ enum End {
     ConsumerGone,
 }
 
+/// A queued piece of the body: in memory, or a run of bytes in the spool.
+#[derive(Debug)]
+enum Piece {
+    Memory(Bytes),
+    Spooled(u64),
+}
+
+/// The temporary file holding spooled bytes between `read_at` and `write_at`.
+#[derive(Debug)]
+struct Spool {
+    file: File,
+    read_at: u64,
+    write_at: u64,
+}
+
 #[derive(Debug)]
 struct State {
-    queue: VecDeque<Bytes>,
+    queue: VecDeque<Piece>,
+    /// All pending bytes, memory and spool (what the high-water mark counts).
     queued: usize,
+    in_memory: usize,
+    spool: Option<Spool>,
+    spool_failed: bool,
     end: End,
     waker: Option<Waker>,
+}
+
+/// The two sizes that bound a response's pending output.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Above this many pending bytes the producer waits.
+    pub high_water: usize,
+    /// Above this many pending bytes in memory, more go to a spool file.
+    pub overflow: usize,
 }
 
 #[derive(Debug)]
@@ -46,6 +81,7 @@ pub struct Outbuf {
     state: Mutex<State>,
     room: Condvar,
     high_water: usize,
+    overflow: usize,
 }
 
 /// The client is gone; the producer should stop.
@@ -61,16 +97,24 @@ pub enum Next {
 }
 
 impl Outbuf {
-    pub fn new(high_water: usize) -> Self {
+    pub fn with_limits(limits: Limits) -> Self {
+        Self::new(limits.high_water, limits.overflow)
+    }
+
+    pub fn new(high_water: usize, overflow: usize) -> Self {
         Outbuf {
             state: Mutex::new(State {
                 queue: VecDeque::new(),
                 queued: 0,
+                in_memory: 0,
+                spool: None,
+                spool_failed: false,
                 end: End::Open,
                 waker: None,
             }),
             room: Condvar::new(),
             high_water,
+            overflow,
         }
     }
 
@@ -90,7 +134,16 @@ impl Outbuf {
                 return Err(Disconnected);
             }
             st.queued += chunk.len();
-            st.queue.push_back(chunk);
+            let spooling = matches!(st.queue.back(), Some(Piece::Spooled(_)));
+            if (spooling || st.in_memory + chunk.len() > self.overflow) && spool(&mut st, &chunk) {
+                match st.queue.back_mut() {
+                    Some(Piece::Spooled(run)) => *run += chunk.len() as u64,
+                    _ => st.queue.push_back(Piece::Spooled(chunk.len() as u64)),
+                }
+            } else {
+                st.in_memory += chunk.len();
+                st.queue.push_back(Piece::Memory(chunk));
+            }
             st.waker.take()
         };
         if let Some(w) = waker {
@@ -147,32 +200,28 @@ impl Outbuf {
         }
         st.queue.clear();
         st.queued = 0;
+        st.in_memory = 0;
+        st.spool = None;
         drop(st);
         self.room.notify_all();
     }
 
     pub fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Next> {
         let mut st = self.lock();
-        if let Some(first) = st.queue.pop_front() {
-            let frame = if first.len() >= COALESCE_LIMIT
-                || st
-                    .queue
-                    .front()
-                    .is_none_or(|c| first.len() + c.len() > COALESCE_LIMIT)
-            {
-                first
-            } else {
-                let mut joined = BytesMut::with_capacity(COALESCE_LIMIT.min(st.queued));
-                joined.extend_from_slice(&first);
-                while let Some(next) = st.queue.front() {
-                    if joined.len() + next.len() > COALESCE_LIMIT {
-                        break;
-                    }
-                    joined.extend_from_slice(next);
-                    st.queue.pop_front();
+        let frame = match st.queue.pop_front() {
+            Some(Piece::Memory(first)) => Some(coalesce(&mut st, first)),
+            Some(Piece::Spooled(run)) => match unspool(&mut st, run) {
+                Ok(data) => Some(data),
+                Err(e) => {
+                    tracing::error!("reading the response spool failed: {e}");
+                    st.end = End::Aborted;
+                    st.queue.clear();
+                    None
                 }
-                joined.freeze()
-            };
+            },
+            None => None,
+        };
+        if let Some(frame) = frame {
             let was_full = st.queued > self.high_water;
             st.queued -= frame.len();
             let now_room = st.queued <= self.high_water;
@@ -194,6 +243,85 @@ impl Outbuf {
     }
 }
 
+/// Joins `first` with the in-memory chunks behind it, up to the limit.
+fn coalesce(st: &mut State, first: Bytes) -> Bytes {
+    let joinable = |piece: Option<&Piece>, len: usize| matches!(piece, Some(Piece::Memory(next)) if len + next.len() <= COALESCE_LIMIT);
+    let frame = if first.len() >= COALESCE_LIMIT || !joinable(st.queue.front(), first.len()) {
+        first
+    } else {
+        let mut joined = BytesMut::with_capacity(COALESCE_LIMIT.min(st.in_memory));
+        joined.extend_from_slice(&first);
+        while joinable(st.queue.front(), joined.len()) {
+            if let Some(Piece::Memory(next)) = st.queue.pop_front() {
+                joined.extend_from_slice(&next);
+            }
+        }
+        joined.freeze()
+    };
+    st.in_memory -= frame.len();
+    frame
+}
+
+/// Appends a chunk to the spool file, creating it on first use. Returns
+/// false (keep the chunk in memory) if the file cannot be written; the
+/// failure is logged once per response.
+fn spool(st: &mut State, chunk: &[u8]) -> bool {
+    if st.spool_failed {
+        return false;
+    }
+    if st.spool.is_none() {
+        match tempfile::tempfile() {
+            Ok(file) => {
+                st.spool = Some(Spool {
+                    file,
+                    read_at: 0,
+                    write_at: 0,
+                })
+            }
+            Err(e) => {
+                tracing::warn!("cannot create a response spool file, buffering in memory: {e}");
+                st.spool_failed = true;
+                return false;
+            }
+        }
+    }
+    let Some(spool) = st.spool.as_mut() else {
+        return false;
+    };
+    match spool.file.write_all_at(chunk, spool.write_at) {
+        Ok(()) => {
+            spool.write_at += chunk.len() as u64;
+            true
+        }
+        Err(e) => {
+            tracing::warn!("cannot write the response spool file, buffering in memory: {e}");
+            st.spool_failed = true;
+            false
+        }
+    }
+}
+
+/// Reads the next piece of a spooled run (the file was just written, so
+/// this is a page-cache copy, cheap enough for the I/O thread).
+fn unspool(st: &mut State, run: u64) -> std::io::Result<Bytes> {
+    let spool = st
+        .spool
+        .as_mut()
+        .ok_or_else(|| std::io::Error::other("spooled data without a spool file"))?;
+    let want = run.min(COALESCE_LIMIT as u64);
+    let mut buf = vec![0u8; want as usize];
+    spool.file.read_exact_at(&mut buf, spool.read_at)?;
+    spool.read_at += want;
+    if run > want {
+        st.queue.push_front(Piece::Spooled(run - want));
+    } else if spool.read_at == spool.write_at {
+        // Drained: reuse the file from the start rather than let it grow.
+        spool.read_at = 0;
+        spool.write_at = 0;
+    }
+    Ok(Bytes::from(buf))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,7 +336,7 @@ mod tests {
 
     #[test]
     fn small_chunks_are_coalesced_and_order_kept() {
-        let buf = Outbuf::new(1 << 20);
+        let buf = Outbuf::new(1 << 20, usize::MAX);
         for i in 0..100 {
             buf.push(Bytes::from(format!("chunk {i:03}\n")))
                 .expect("open");
@@ -224,7 +352,7 @@ mod tests {
 
     #[test]
     fn large_chunks_pass_without_joining() {
-        let buf = Outbuf::new(1 << 20);
+        let buf = Outbuf::new(1 << 20, usize::MAX);
         let big = Bytes::from(vec![7u8; COALESCE_LIMIT]);
         buf.push(big.clone()).expect("open");
         buf.push(Bytes::from_static(b"tail")).expect("open");
@@ -241,7 +369,7 @@ mod tests {
 
     #[test]
     fn producer_blocks_above_high_water_until_drained() {
-        let buf = Arc::new(Outbuf::new(10));
+        let buf = Arc::new(Outbuf::new(10, usize::MAX));
         buf.push(Bytes::from(vec![0u8; 25])).expect("open");
         assert!(buf.is_full());
         let producer = {
@@ -256,7 +384,7 @@ mod tests {
 
     #[test]
     fn disconnect_releases_a_blocked_producer_and_fails_pushes() {
-        let buf = Arc::new(Outbuf::new(1));
+        let buf = Arc::new(Outbuf::new(1, usize::MAX));
         buf.push(Bytes::from_static(b"abc")).expect("open");
         let producer = {
             let buf = Arc::clone(&buf);
@@ -269,8 +397,49 @@ mod tests {
     }
 
     #[test]
+    fn bytes_beyond_the_overflow_go_through_the_spool_in_order() {
+        let buf = Outbuf::new(1 << 20, 10);
+        let pieces: Vec<Bytes> = (0..20)
+            .map(|i| Bytes::from(format!("piece-{i:02};")))
+            .collect();
+        for p in &pieces {
+            buf.push(p.clone()).expect("open");
+        }
+        buf.finish();
+        assert!(buf.lock().spool.is_some(), "spooled past 10 bytes");
+        assert!(buf.lock().in_memory <= 10);
+        let mut out = Vec::new();
+        loop {
+            match poll(&buf) {
+                Poll::Ready(Next::Data(d)) => out.extend_from_slice(&d),
+                Poll::Ready(Next::End) => break,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(out, pieces.concat());
+        assert_eq!(buf.lock().queued, 0);
+    }
+
+    #[test]
+    fn spooling_continues_until_drained_then_reuses_the_file() {
+        let buf = Outbuf::new(1 << 20, 4);
+        buf.push(Bytes::from_static(b"abcdef")).expect("open");
+        assert_eq!(
+            poll(&buf),
+            Poll::Ready(Next::Data(Bytes::from_static(b"abcdef")))
+        );
+        let spool = buf.lock().spool.as_ref().map(|s| (s.read_at, s.write_at));
+        assert_eq!(spool, Some((0, 0)), "offsets reset once drained");
+        buf.push(Bytes::from_static(b"ab")).expect("open");
+        assert_eq!(
+            poll(&buf),
+            Poll::Ready(Next::Data(Bytes::from_static(b"ab")))
+        );
+    }
+
+    #[test]
     fn abort_is_reported_after_queued_data() {
-        let buf = Outbuf::new(100);
+        let buf = Outbuf::new(100, usize::MAX);
         buf.push(Bytes::from_static(b"partial")).expect("open");
         buf.abort();
         assert!(matches!(poll(&buf), Poll::Ready(Next::Data(_))));

@@ -25,7 +25,7 @@ pub(super) enum Job {
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
     pub threads: usize,
-    pub high_water: usize,
+    pub output: super::outbuf::Limits,
     pub expose_tracebacks: bool,
     pub url_scheme: String,
     pub server_name: String,

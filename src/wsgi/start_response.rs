@@ -16,7 +16,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString};
 use tokio::sync::oneshot;
 
-use super::outbuf::{Disconnected, Outbuf};
+use super::outbuf::{self, Disconnected, Outbuf};
 use super::{AppBody, AppResponse, FileBody, Reply};
 
 /// A validated status line from the app.
@@ -134,17 +134,17 @@ pub struct StartResponse {
     headers: Vec<(HeaderName, HeaderValue)>,
     content_length: Option<u64>,
     phase: Phase,
-    high_water: usize,
+    limits: outbuf::Limits,
 }
 
 impl StartResponse {
-    pub fn new(reply: oneshot::Sender<Reply>, high_water: usize) -> Self {
+    pub fn new(reply: oneshot::Sender<Reply>, limits: outbuf::Limits) -> Self {
         StartResponse {
             status: None,
             headers: Vec::new(),
             content_length: None,
             phase: Phase::Waiting(reply),
-            high_water,
+            limits,
         }
     }
 
@@ -154,17 +154,13 @@ impl StartResponse {
 
     /// Takes the head for sending; errors if the app never called
     /// `start_response`.
-    fn take_head(&mut self) -> PyResult<(Status, Vec<(HeaderName, HeaderValue)>, Option<u64>)> {
+    fn take_head(&mut self) -> PyResult<(Status, Vec<(HeaderName, HeaderValue)>)> {
         let status = self.status.clone().ok_or_else(|| {
             PyRuntimeError::new_err(
                 "the application produced body data before calling start_response()",
             )
         })?;
-        Ok((
-            status,
-            std::mem::take(&mut self.headers),
-            self.content_length,
-        ))
+        Ok((status, std::mem::take(&mut self.headers)))
     }
 
     fn send_head(&mut self, body: AppBody) -> PyResult<Result<(), Disconnected>> {
@@ -173,7 +169,7 @@ impl StartResponse {
         }
         // Checked before the reply channel is consumed, so a missing
         // start_response still leaves the channel for the 500.
-        let (status, headers, content_length) = self.take_head()?;
+        let (status, headers) = self.take_head()?;
         let Phase::Waiting(reply) = std::mem::replace(&mut self.phase, Phase::Done) else {
             return Err(PyRuntimeError::new_err("response head sent twice"));
         };
@@ -181,7 +177,7 @@ impl StartResponse {
             status: status.code,
             reason: status.reason,
             headers,
-            content_length,
+            content_length: self.content_length,
             body,
         };
         Ok(reply
@@ -193,7 +189,7 @@ impl StartResponse {
     /// Returns the buffer to wait on when it is over the high-water mark.
     pub fn emit(&mut self, chunk: Bytes) -> PyResult<Result<Option<Arc<Outbuf>>, Disconnected>> {
         if let Phase::Waiting(_) = self.phase {
-            let outbuf = Arc::new(Outbuf::new(self.high_water));
+            let outbuf = Arc::new(Outbuf::with_limits(self.limits));
             if let Err(gone) = self.send_head(AppBody::Stream(Arc::clone(&outbuf)))? {
                 return Ok(Err(gone));
             }

@@ -127,7 +127,7 @@ impl Worker {
     fn run(&mut self, py: Python<'_>, call: Call) {
         let Call { cgi, body, reply } = call;
         let uri = cgi.get(Var::RequestUri).unwrap_or("").to_owned();
-        let responder = match Bound::new(py, StartResponse::new(reply, self.config.high_water)) {
+        let responder = match Bound::new(py, StartResponse::new(reply, self.config.output)) {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!("cannot create start_response: {}", format_exception(py, &e));
