@@ -243,6 +243,12 @@ impl Settings {
         if self.threads > 1024 {
             problems.push(Problem::new("threads", "must be at most 1024"));
         }
+        if http::HeaderValue::from_str(&self.ident).is_err() || !self.ident.is_ascii() {
+            problems.push(Problem::new(
+                "ident",
+                "must be printable ASCII: it is sent as the Server header",
+            ));
+        }
         if !matches!(self.url_scheme.as_str(), "http" | "https") {
             problems.push(Problem::new("url_scheme", "must be `http` or `https`"));
         }
@@ -506,10 +512,14 @@ mod tests {
             threads: 0,
             url_scheme: "ftp".into(),
             unix_socket_perms: "9x".into(),
+            ident: "caf\u{e9}".into(),
             ..Settings::default()
         };
         let keys: Vec<_> = s.validate().iter().map(|p| p.key).collect();
-        assert_eq!(keys, vec!["threads", "url_scheme", "unix_socket_perms"]);
+        assert_eq!(
+            keys,
+            vec!["threads", "ident", "url_scheme", "unix_socket_perms"]
+        );
     }
 
     #[test]

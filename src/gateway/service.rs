@@ -62,6 +62,7 @@ pub async fn handle(
         cgi,
         body: received.body,
         reply: tx,
+        head: parts.method == Method::HEAD,
     };
     if !shared.pool.submit(call) {
         return Ok(reject(

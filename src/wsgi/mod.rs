@@ -29,6 +29,9 @@ pub struct Call {
     pub cgi: CgiVars,
     pub body: RequestBody,
     pub reply: oneshot::Sender<Reply>,
+    /// A HEAD request: the connection drops the body unread, which is not
+    /// a client disconnect worth logging.
+    pub head: bool,
 }
 
 /// A request body, fully received before the app is called, so a slow

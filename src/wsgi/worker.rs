@@ -125,7 +125,12 @@ impl Worker {
     }
 
     fn run(&mut self, py: Python<'_>, call: Call) {
-        let Call { cgi, body, reply } = call;
+        let Call {
+            cgi,
+            body,
+            reply,
+            head,
+        } = call;
         let uri = cgi.get(Var::RequestUri).unwrap_or("").to_owned();
         let responder = match Bound::new(py, StartResponse::new(reply, self.config.output)) {
             Ok(r) => r,
@@ -144,9 +149,10 @@ impl Worker {
         match self.send_body(py, &responder, &iterable) {
             Ok(Outcome::Deferred) => return,
             Ok(Outcome::Sent) => {}
-            Ok(Outcome::Disconnected) => {
+            Ok(Outcome::Disconnected) if !head => {
                 tracing::info!("Client disconnected while serving {uri}");
             }
+            Ok(Outcome::Disconnected) => {}
             Err(e) => self.failed(py, &responder, &e, &uri),
         }
         self.close(py, &iterable, &uri);
