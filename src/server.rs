@@ -198,16 +198,11 @@ pub async fn serve(
             limit: Arc::clone(&limit),
             stop: stop_rx.clone(),
         };
-        match bound {
-            Bound::Tcp(l, _) => {
-                let listener = TcpListener::from_std(l)?;
-                tokio::spawn(accept_tcp(listener, ctx));
-            }
-            Bound::Unix(l, _) => {
-                let listener = UnixListener::from_std(l)?;
-                tokio::spawn(accept_unix(listener, ctx));
-            }
-        }
+        let listener = match bound {
+            Bound::Tcp(l, _) => Listener::Tcp(TcpListener::from_std(l)?),
+            Bound::Unix(l, _) => Listener::Unix(UnixListener::from_std(l)?),
+        };
+        tokio::spawn(accept_loop(listener, ctx));
     }
 
     let signal = wait_for_signal().await?;
@@ -257,53 +252,52 @@ struct AcceptContext {
 /// descriptors), so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
-async fn accept_tcp(listener: TcpListener, mut ctx: AcceptContext) {
+enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+impl Listener {
+    /// Accepts one connection and serves it on its own task.
+    async fn accept_and_spawn(
+        &self,
+        ctx: &AcceptContext,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) -> std::io::Result<()> {
+        match self {
+            Listener::Tcp(l) => {
+                let (stream, remote) = l.accept().await?;
+                let _ = stream.set_nodelay(true);
+                let local = stream.local_addr()?;
+                spawn_connection(stream, Peer::Tcp { remote, local }, ctx, permit);
+            }
+            Listener::Unix(l) => {
+                let (stream, _) = l.accept().await?;
+                spawn_connection(stream, Peer::Unix, ctx, permit);
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn accept_loop(listener: Listener, ctx: AcceptContext) {
+    // Its own receiver: `ctx.stop` is only cloned for each connection.
+    let mut stop = ctx.stop.clone();
     loop {
         // Waiting for a permit before accepting leaves surplus connections
         // in the kernel backlog, as Waitress's connection_limit does.
         let permit = tokio::select! {
             p = Arc::clone(&ctx.limit).acquire_owned() => p,
-            _ = ctx.stop.changed() => return,
+            _ = stop.changed() => return,
         };
         let Ok(permit) = permit else { return };
         let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = ctx.stop.changed() => return,
+            a = listener.accept_and_spawn(&ctx, permit) => a,
+            _ = stop.changed() => return,
         };
-        match accepted {
-            Ok((stream, remote)) => {
-                let _ = stream.set_nodelay(true);
-                let Ok(local) = stream.local_addr() else {
-                    continue;
-                };
-                let peer = Peer::Tcp { remote, local };
-                spawn_connection(stream, peer, &ctx, permit);
-            }
-            Err(e) => {
-                tracing::error!("server accept() failed: {e}");
-                tokio::time::sleep(ACCEPT_BACKOFF).await;
-            }
-        }
-    }
-}
-
-async fn accept_unix(listener: UnixListener, mut ctx: AcceptContext) {
-    loop {
-        let permit = tokio::select! {
-            p = Arc::clone(&ctx.limit).acquire_owned() => p,
-            _ = ctx.stop.changed() => return,
-        };
-        let Ok(permit) = permit else { return };
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = ctx.stop.changed() => return,
-        };
-        match accepted {
-            Ok((stream, _)) => spawn_connection(stream, Peer::Unix, &ctx, permit),
-            Err(e) => {
-                tracing::error!("server accept() failed: {e}");
-                tokio::time::sleep(ACCEPT_BACKOFF).await;
-            }
+        if let Err(e) = accepted {
+            tracing::error!("server accept() failed: {e}");
+            tokio::time::sleep(ACCEPT_BACKOFF).await;
         }
     }
 }

@@ -18,17 +18,6 @@ fn one_thread(extra: &[&str]) -> common::Server {
         .start()
 }
 
-fn events(s: &common::Server) -> Vec<String> {
-    s.json("/events")
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|e| e.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 #[test]
 fn a_stalled_upload_does_not_hold_the_python_thread() {
     let s = one_thread(&[]);
@@ -57,15 +46,11 @@ fn a_client_that_does_not_read_does_not_hold_the_python_thread() {
     reader
         .write_all(b"GET /big?8000000 HTTP/1.1\r\nHost: t\r\n\r\n")
         .expect("send");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !events(&s).iter().any(|e| e == "closed:big") {
-        assert!(
-            Instant::now() < deadline,
-            "the app never finished: {}",
-            s.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    assert!(
+        s.wait_event("closed:big", Duration::from_secs(10)),
+        "the app never finished: {}",
+        s.log()
+    );
     assert_eq!(s.get("/list").text(), "one,two");
 
     let mut buffered = std::io::BufReader::new(reader);
@@ -90,7 +75,7 @@ fn the_high_water_mark_bounds_what_a_slow_client_can_pile_up() {
         .expect("send");
     std::thread::sleep(Duration::from_millis(500));
     assert!(
-        !events(&s).iter().any(|e| e == "big-done"),
+        !s.events().iter().any(|e| e == "big-done"),
         "the producer must be held back by the mark"
     );
     // The other thread still serves, and the waiting one holds no GIL.
@@ -99,11 +84,10 @@ fn the_high_water_mark_bounds_what_a_slow_client_can_pile_up() {
     let mut buffered = std::io::BufReader::new(reader);
     let r = common::read_response(&mut buffered).expect("response");
     assert_eq!(r.body.len(), 8_000_000);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !events(&s).iter().any(|e| e == "big-done") {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    // Once the declared length is out, the app is stopped and closed (its
+    // generator need not run to exhaustion).
+    assert!(s.wait_event("closed:big", Duration::from_secs(5)));
+    assert!(!s.log().contains("Client disconnected"), "{}", s.log());
 }
 
 #[test]
@@ -142,11 +126,10 @@ fn pending_output_past_outbuf_overflow_is_spooled_to_disk() {
     reader
         .write_all(b"GET /big?8000000 HTTP/1.1\r\nHost: t\r\n\r\n")
         .expect("send");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !events(&s).iter().any(|e| e == "closed:big") {
-        assert!(Instant::now() < deadline, "the app never finished");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    assert!(
+        s.wait_event("closed:big", Duration::from_secs(10)),
+        "the app never finished"
+    );
     assert_eq!(
         open_temp_files(s.pid()),
         before + 1,

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use tokio::task::JoinHandle;
 
-use crate::wsgi::outbuf::{Next, Outbuf};
+use crate::wsgi::outbuf::{Next, Outbuf, Stop};
 use crate::wsgi::{DeferredClose, FileBody};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -45,13 +45,21 @@ enum Source {
     File(FileSource),
 }
 
-/// Consumer end of an [`Outbuf`]; dropping it tells the app thread the
-/// client is gone.
-struct StreamSource(Arc<Outbuf>);
+/// Consumer end of an [`Outbuf`]; dropping it tells the app thread to stop,
+/// and whether that is because the client left or because the declared
+/// length has been sent (hyper then drops the body without polling again).
+struct StreamSource {
+    outbuf: Arc<Outbuf>,
+    complete: bool,
+}
 
 impl Drop for StreamSource {
     fn drop(&mut self) {
-        self.0.disconnect();
+        self.outbuf.stop(if self.complete {
+            Stop::BodyComplete
+        } else {
+            Stop::ClientGone
+        });
     }
 }
 
@@ -97,7 +105,11 @@ impl ResponseBody {
     }
 
     pub fn stream(outbuf: Arc<Outbuf>, declared: Option<u64>, uri: Arc<str>) -> Self {
-        Self::new(Source::Stream(StreamSource(outbuf)), declared, uri)
+        let source = StreamSource {
+            outbuf,
+            complete: false,
+        };
+        Self::new(Source::Stream(source), declared, uri)
     }
 
     pub fn file(body: FileBody, uri: Arc<str>) -> Self {
@@ -120,7 +132,7 @@ impl ResponseBody {
     fn poll_source(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, BodyError>>> {
         match &mut self.source {
             Source::Full(chunks) => Poll::Ready(chunks.pop_front().map(Ok)),
-            Source::Stream(stream) => match ready!(stream.0.poll_next(cx)) {
+            Source::Stream(stream) => match ready!(stream.outbuf.poll_next(cx)) {
                 Next::Data(data) => Poll::Ready(Some(Ok(data))),
                 Next::End => Poll::Ready(None),
                 Next::Aborted => Poll::Ready(Some(Err(BodyError::AppFailed))),
@@ -197,6 +209,11 @@ impl http_body::Body for ResponseBody {
                             }
                         }
                         *remaining -= data.len() as u64;
+                        if *remaining == 0 {
+                            if let Source::Stream(stream) = &mut this.source {
+                                stream.complete = true;
+                            }
+                        }
                     }
                     if data.is_empty() {
                         continue;
@@ -305,6 +322,23 @@ mod tests {
     async fn dropping_a_stream_disconnects_the_producer() {
         let outbuf = Arc::new(Outbuf::new(1024, usize::MAX));
         drop(ResponseBody::stream(Arc::clone(&outbuf), None, uri()));
-        assert!(outbuf.push(Bytes::from_static(b"late")).is_err());
+        assert_eq!(
+            outbuf.push(Bytes::from_static(b"late")),
+            Err(Stop::ClientGone)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_sent_its_declared_length_reports_completion() {
+        let outbuf = Arc::new(Outbuf::new(1024, usize::MAX));
+        outbuf.push(Bytes::from_static(b"abc")).expect("open");
+        let mut body = ResponseBody::stream(Arc::clone(&outbuf), Some(3), uri());
+        let frame = body.frame().await.expect("a frame").expect("data");
+        assert_eq!(frame.into_data().ok(), Some(Bytes::from_static(b"abc")));
+        drop(body); // as hyper does once the length is out
+        assert_eq!(
+            outbuf.push(Bytes::from_static(b"more")),
+            Err(Stop::BodyComplete)
+        );
     }
 }

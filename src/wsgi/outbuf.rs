@@ -36,8 +36,8 @@ enum End {
     /// The app failed after the headers were sent: the client must see a
     /// truncated response, so the connection is cut, not ended cleanly.
     Aborted,
-    /// The connection is gone; pushes fail so the app stops.
-    ConsumerGone,
+    /// The connection wants no more; pushes fail so the app stops.
+    Stopped(Stop),
 }
 
 /// A queued piece of the body: in memory, or a run of bytes in the spool.
@@ -84,9 +84,15 @@ pub struct Outbuf {
     overflow: usize,
 }
 
-/// The client is gone; the producer should stop.
+/// Why the producer should stop producing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Disconnected;
+pub enum Stop {
+    /// The connection went away before the body was complete.
+    ClientGone,
+    /// The connection has sent the whole declared Content-Length and needs
+    /// nothing more (the app need not be iterated to exhaustion).
+    BodyComplete,
+}
 
 /// What the consumer gets from one poll.
 #[derive(Debug, PartialEq, Eq)]
@@ -127,11 +133,11 @@ impl Outbuf {
     /// Queues a chunk. Never blocks; call [`Outbuf::is_full`] and
     /// [`Outbuf::wait_for_room`] (with the GIL released) to apply
     /// back-pressure.
-    pub fn push(&self, chunk: Bytes) -> Result<(), Disconnected> {
+    pub fn push(&self, chunk: Bytes) -> Result<(), Stop> {
         let waker = {
             let mut st = self.lock();
-            if st.end == End::ConsumerGone {
-                return Err(Disconnected);
+            if let End::Stopped(why) = st.end {
+                return Err(why);
             }
             st.queued += chunk.len();
             let spooling = matches!(st.queue.back(), Some(Piece::Spooled(_)));
@@ -158,15 +164,14 @@ impl Outbuf {
 
     /// Blocks until the pending bytes drop to the high-water mark or the
     /// consumer goes away.
-    pub fn wait_for_room(&self) -> Result<(), Disconnected> {
+    pub fn wait_for_room(&self) -> Result<(), Stop> {
         let mut st = self.lock();
-        while st.queued > self.high_water && st.end != End::ConsumerGone {
+        while st.queued > self.high_water && !matches!(st.end, End::Stopped(_)) {
             st = self.room.wait(st).unwrap_or_else(PoisonError::into_inner);
         }
-        if st.end == End::ConsumerGone {
-            Err(Disconnected)
-        } else {
-            Ok(())
+        match st.end {
+            End::Stopped(why) => Err(why),
+            _ => Ok(()),
         }
     }
 
@@ -193,10 +198,10 @@ impl Outbuf {
     }
 
     /// Called by the consumer when the connection no longer wants the body.
-    pub fn disconnect(&self) {
+    pub fn stop(&self, why: Stop) {
         let mut st = self.lock();
         if matches!(st.end, End::Open | End::Finished) {
-            st.end = End::ConsumerGone;
+            st.end = End::Stopped(why);
         }
         st.queue.clear();
         st.queued = 0;
@@ -234,7 +239,7 @@ impl Outbuf {
         match st.end {
             End::Finished => Poll::Ready(Next::End),
             End::Aborted => Poll::Ready(Next::Aborted),
-            End::ConsumerGone => Poll::Ready(Next::End),
+            End::Stopped(_) => Poll::Ready(Next::End),
             End::Open => {
                 st.waker = Some(cx.waker().clone());
                 Poll::Pending
@@ -391,9 +396,9 @@ mod tests {
             std::thread::spawn(move || buf.wait_for_room())
         };
         std::thread::sleep(Duration::from_millis(20));
-        buf.disconnect();
-        assert_eq!(producer.join().expect("thread"), Err(Disconnected));
-        assert_eq!(buf.push(Bytes::from_static(b"x")), Err(Disconnected));
+        buf.stop(Stop::ClientGone);
+        assert_eq!(producer.join().expect("thread"), Err(Stop::ClientGone));
+        assert_eq!(buf.push(Bytes::from_static(b"x")), Err(Stop::ClientGone));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString};
 use tokio::sync::oneshot;
 
-use super::outbuf::{self, Disconnected, Outbuf};
+use super::outbuf::{self, Outbuf, Stop};
 use super::{AppBody, AppResponse, FileBody, Reply};
 
 /// A validated status line from the app.
@@ -163,7 +163,7 @@ impl StartResponse {
         Ok((status, std::mem::take(&mut self.headers)))
     }
 
-    fn send_head(&mut self, body: AppBody) -> PyResult<Result<(), Disconnected>> {
+    fn send_head(&mut self, body: AppBody) -> PyResult<Result<(), Stop>> {
         if !matches!(self.phase, Phase::Waiting(_)) {
             return Err(PyRuntimeError::new_err("response head sent twice"));
         }
@@ -182,12 +182,12 @@ impl StartResponse {
         };
         Ok(reply
             .send(Reply::Response(response))
-            .map_err(|_| Disconnected))
+            .map_err(|_| Stop::ClientGone))
     }
 
     /// Sends one body chunk, sending the head first if this is the first.
     /// Returns the buffer to wait on when it is over the high-water mark.
-    pub fn emit(&mut self, chunk: Bytes) -> PyResult<Result<Option<Arc<Outbuf>>, Disconnected>> {
+    pub fn emit(&mut self, chunk: Bytes) -> PyResult<Result<Option<Arc<Outbuf>>, Stop>> {
         if let Phase::Waiting(_) = self.phase {
             let outbuf = Arc::new(Outbuf::with_limits(self.limits));
             if let Err(gone) = self.send_head(AppBody::Stream(Arc::clone(&outbuf)))? {
@@ -196,7 +196,7 @@ impl StartResponse {
             self.phase = Phase::Streaming(outbuf);
         }
         let Phase::Streaming(outbuf) = &self.phase else {
-            return Ok(Err(Disconnected));
+            return Ok(Err(Stop::ClientGone));
         };
         if let Err(gone) = outbuf.push(chunk) {
             self.phase = Phase::Done;
@@ -208,23 +208,23 @@ impl StartResponse {
     /// Ends the response with everything the app produced: a complete body
     /// when nothing was sent yet (so the length is known), otherwise the
     /// end of the stream.
-    pub fn finish(&mut self, rest: Vec<Bytes>) -> PyResult<Result<(), Disconnected>> {
+    pub fn finish(&mut self, rest: Vec<Bytes>) -> PyResult<Result<(), Stop>> {
         let outbuf = match &self.phase {
             Phase::Waiting(_) => return self.send_head(AppBody::Full(rest)),
             Phase::Streaming(outbuf) => Arc::clone(outbuf),
-            Phase::Done => return Ok(Err(Disconnected)),
+            Phase::Done => return Ok(Err(Stop::ClientGone)),
         };
         self.phase = Phase::Done;
         for chunk in rest {
-            if outbuf.push(chunk).is_err() {
-                return Ok(Err(Disconnected));
+            if let Err(why) = outbuf.push(chunk) {
+                return Ok(Err(why));
             }
         }
         outbuf.finish();
         Ok(Ok(()))
     }
 
-    pub fn send_file(&mut self, file: FileBody) -> PyResult<Result<(), Disconnected>> {
+    pub fn send_file(&mut self, file: FileBody) -> PyResult<Result<(), Stop>> {
         self.content_length = Some(file.len);
         self.send_head(AppBody::File(file))
     }
@@ -249,7 +249,7 @@ impl StartResponse {
 }
 
 /// Waits (without the GIL) while the client is slower than the app.
-pub fn wait_for_room(py: Python<'_>, outbuf: Option<Arc<Outbuf>>) -> Result<(), Disconnected> {
+pub fn wait_for_room(py: Python<'_>, outbuf: Option<Arc<Outbuf>>) -> Result<(), Stop> {
     match outbuf {
         Some(buf) => py.detach(move || buf.wait_for_room()),
         None => Ok(()),
@@ -358,9 +358,18 @@ impl StartResponse {
             }
             this.emit(chunk)?
         };
-        let gone = || pyo3::exceptions::PyConnectionAbortedError::new_err("client disconnected");
-        let outbuf = waited.map_err(|_| gone())?;
-        wait_for_room(py, outbuf).map_err(|_| gone())
+        // An exception stops the app's own loop; a complete body is not an
+        // error for it, so only a vanished client raises.
+        let stopped = |why: Stop| match why {
+            Stop::ClientGone => Err(pyo3::exceptions::PyConnectionAbortedError::new_err(
+                "client disconnected",
+            )),
+            Stop::BodyComplete => Ok(()),
+        };
+        match waited {
+            Err(why) => stopped(why),
+            Ok(outbuf) => wait_for_room(py, outbuf).or_else(stopped),
+        }
     }
 }
 

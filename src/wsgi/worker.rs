@@ -17,6 +17,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
 use super::environ::Var;
+use super::outbuf::Stop;
 use super::pool::{DeferredClose, Job, JobQueue, PoolConfig};
 use super::start_response::{StartResponse, chunk_bytes, wait_for_room};
 use super::streams::{ErrorStream, FileWrapper};
@@ -210,9 +211,9 @@ impl Worker {
         responder: &Bound<'_, StartResponse>,
         iterable: &Bound<'_, PyAny>,
     ) -> PyResult<Outcome> {
-        let gone = |r: Result<(), super::outbuf::Disconnected>| match r {
-            Ok(()) => Outcome::Sent,
-            Err(_) => Outcome::Disconnected,
+        let gone = |r: Result<(), Stop>| match r {
+            Ok(()) | Err(Stop::BodyComplete) => Outcome::Sent,
+            Err(Stop::ClientGone) => Outcome::Disconnected,
         };
         // A list or tuple is the whole body: send it in one piece, with a
         // Content-Length, so even HTTP/1.0 clients can keep the connection.
@@ -256,11 +257,10 @@ impl Worker {
                 continue;
             }
             let emitted = responder.borrow_mut().emit(chunk)?;
-            let Ok(full) = emitted else {
-                return Ok(Outcome::Disconnected);
-            };
-            if wait_for_room(py, full).is_err() {
-                return Ok(Outcome::Disconnected);
+            // A complete body ends the iteration early without it being a
+            // disconnect: the declared length has gone out.
+            if let Err(why) = emitted.and_then(|full| wait_for_room(py, full)) {
+                return Ok(gone(Err(why)));
             }
         }
         Ok(gone(responder.borrow_mut().finish(Vec::new())?))

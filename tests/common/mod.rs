@@ -291,6 +291,30 @@ impl Server {
         false
     }
 
+    /// The events recorded by `tests/apps/behaviours.py` (close() calls...).
+    pub fn events(&self) -> Vec<String> {
+        self.json("/events")
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|e| e.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Waits until the behaviours app has recorded `event`.
+    pub fn wait_event(&self, event: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.events().iter().any(|e| e == event) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
     pub fn signal(&self, sig: &str) {
         let status = Command::new("kill")
             .args([format!("-{sig}"), self.child.id().to_string()])
