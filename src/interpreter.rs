@@ -77,6 +77,21 @@ fn virtualenv(settings: &Settings) -> Result<Option<PathBuf>, StartError> {
             )));
         }
     }
+    // Same version is not enough: a venv made by another 3.11 (Debian's,
+    // say) sets `home` to that installation, and CPython would then pair
+    // this binary's libpython with that installation's standard library.
+    if let (Some(home), Some(ours)) = (venv_home(&text), Path::new(BUILD_EXECUTABLE).parent()) {
+        let same = std::fs::canonicalize(&home).ok() == std::fs::canonicalize(ours).ok();
+        if !same && Path::new(BUILD_EXECUTABLE).exists() {
+            return Err(StartError::BadSetting(format!(
+                "{origin}: {} was created by the Python in {home}, but this maitred embeds \
+                 {BUILD_EXECUTABLE}; their standard libraries and compiled packages may not \
+                 match. Recreate it with `{BUILD_EXECUTABLE} -m venv {}`",
+                dir.display(),
+                dir.display()
+            )));
+        }
+    }
     let python = dir.join("bin").join("python");
     if !python.exists() {
         return Err(StartError::BadSetting(format!(
@@ -87,6 +102,14 @@ fn virtualenv(settings: &Settings) -> Result<Option<PathBuf>, StartError> {
     // Absolute, so getpath's search does not depend on the working directory.
     let dir = std::path::absolute(&dir).unwrap_or(dir);
     Ok(Some(dir))
+}
+
+/// The `home` of a `pyvenv.cfg`: the bin directory of the Python that made it.
+fn venv_home(cfg: &str) -> Option<String> {
+    cfg.lines().find_map(|line| {
+        let (key, value) = line.split_once('=')?;
+        (key.trim() == "home").then(|| value.trim().to_owned())
+    })
 }
 
 /// `major.minor` from a `pyvenv.cfg` (`version = 3.11.7` or `version_info`).
@@ -109,9 +132,15 @@ fn c_string(what: &str, text: &str) -> Result<CString, StartError> {
         .map_err(|_| StartError::BadSetting(format!("{what} contains a NUL byte: {text:?}")))
 }
 
-/// Initialises CPython once for the process and releases the GIL, so the
-/// worker threads can take it. Must be called before any other Python use.
+/// Initialises CPython for the process and releases the GIL, so the worker
+/// threads can take it. Must be called before any other Python use; a
+/// second call is refused.
 pub fn initialize(settings: &Settings) -> Result<PythonInfo, StartError> {
+    // SAFETY: Py_IsInitialized may be called at any time, before or after
+    // initialisation, without the GIL.
+    if unsafe { ffi::Py_IsInitialized() } != 0 {
+        return Err(StartError::Python("Python is already initialized".into()));
+    }
     let venv = virtualenv(settings)?;
     let executable = match &venv {
         Some(dir) => Some(
@@ -128,23 +157,30 @@ pub fn initialize(settings: &Settings) -> Result<PythonInfo, StartError> {
     let executable = executable
         .map(|e| c_string("the Python executable path", &e))
         .transpose()?;
-    let argv: Vec<CString> = std::env::args()
-        .map(|a| c_string("an argument", &a))
+    // Bytes, not str: arguments need not be UTF-8 (PyConfig decodes them
+    // with the locale, as `python` does).
+    let argv: Vec<CString> = std::env::args_os()
+        .map(|a| {
+            CString::new(std::os::unix::ffi::OsStrExt::as_bytes(a.as_os_str()))
+                .map_err(|_| StartError::BadSetting("an argument contains a NUL byte".into()))
+        })
         .collect::<Result<_, _>>()?;
     let mut argv_ptrs: Vec<*const std::os::raw::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
 
     // SAFETY: this is the documented PyConfig start-up sequence
-    // (https://docs.python.org/3/c-api/init_config.html). It runs once, on
-    // the main thread, before any other Python API call (the caller
-    // guarantees `initialize` is the first Python use). `config` lives in a
+    // (https://docs.python.org/3/c-api/init_config.html). It runs only when
+    // Python is not yet initialised (checked above), on the main thread,
+    // before any other Python API call, and pyo3 never initialises Python
+    // on its own (its auto-initialize feature is off). `config` lives in a
     // MaybeUninit that `PyConfig_InitPythonConfig` fully initialises before
     // any field is read; every field is accessed through the raw pointer
-    // `cfg` so no Rust reference aliases the struct CPython writes to. The
+    // `cfg`, so no Rust reference aliases the struct CPython writes to. The
     // strings passed are NUL-terminated CStrings that outlive the calls, and
     // CPython copies them. `PyConfig_Clear` frees what the config owns,
-    // exactly once, and `PyEval_SaveThread` releases the GIL the
-    // initialising thread holds; its returned thread state is intentionally
-    // never restored because this thread never runs Python again.
+    // exactly once. `PyEval_SaveThread` releases the GIL the initialising
+    // thread holds and detaches its thread state, which stays registered:
+    // when this thread later enters Python through `Python::attach` (to
+    // import the app), `PyGILState_Ensure` re-attaches that same state.
     unsafe {
         let mut config = MaybeUninit::<ffi::PyConfig>::uninit();
         let cfg = config.as_mut_ptr();

@@ -8,6 +8,7 @@
 mod cli;
 mod config;
 mod gateway;
+mod idle;
 mod interpreter;
 mod logging;
 mod server;
@@ -178,6 +179,7 @@ fn run(settings: Settings) -> Result<(), Failure> {
             shared,
             builder,
             settings.limits.connection_limit,
+            settings.limits.channel_timeout.0,
             DRAIN,
         ))
         .map_err(|e| Failure::Other(format!("server failed: {e}")))?;

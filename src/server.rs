@@ -20,6 +20,7 @@ use tokio::sync::{Semaphore, watch};
 
 use crate::config::{ListenSpec, Settings, display_addr};
 use crate::gateway::service::{self, Shared};
+use crate::idle::Idle;
 use crate::wsgi::environ::Peer;
 
 /// A bound socket, before the runtime adopts it.
@@ -164,10 +165,13 @@ pub fn http1_builder(settings: &Settings) -> http1::Builder {
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        // hyper's head timer also runs while a keep-alive connection waits
-        // for its next request, which is exactly Waitress's channel_timeout.
+        // hyper's head timer runs from the moment a connection waits for a
+        // request until the head is complete, so a head trickled byte by
+        // byte is cut off too; `idle::Idle` covers the rest of the
+        // connection's life.
         .header_read_timeout(settings.limits.channel_timeout.0)
         .max_header_size(max_head)
+        .max_headers(settings.limits.max_request_headers)
         .max_buf_size(max_head.saturating_add(64 * 1024).max(400 * 1024))
         .title_case_headers(true)
         // A client that shuts down its sending side after the request
@@ -187,6 +191,7 @@ pub async fn serve(
     shared: Arc<Shared>,
     builder: http1::Builder,
     connection_limit: usize,
+    idle_timeout: Duration,
     drain: Duration,
 ) -> std::io::Result<()> {
     let limit = Arc::new(Semaphore::new(connection_limit));
@@ -194,6 +199,7 @@ pub async fn serve(
     for bound in listeners {
         let ctx = AcceptContext {
             shared: Arc::clone(&shared),
+            idle_timeout,
             builder: builder.clone(),
             limit: Arc::clone(&limit),
             stop: stop_rx.clone(),
@@ -243,6 +249,8 @@ async fn wait_for_signal() -> std::io::Result<&'static str> {
 
 struct AcceptContext {
     shared: Arc<Shared>,
+    /// `channel_timeout`: inactivity allowed while waiting on the client.
+    idle_timeout: Duration,
     builder: http1::Builder,
     limit: Arc<Semaphore>,
     stop: watch::Receiver<bool>,
@@ -313,6 +321,7 @@ fn spawn_connection<S>(
     let shared = Arc::clone(&ctx.shared);
     let builder = ctx.builder.clone();
     let mut stop = ctx.stop.clone();
+    let stream = Idle::new(stream, ctx.idle_timeout);
     tokio::spawn(async move {
         // Boxed so the service future is Unpin, which taking the socket
         // back from hyper (`poll_without_shutdown`) requires.

@@ -442,3 +442,76 @@ fn a_head_trickled_byte_by_byte_is_cut_off() {
     );
     assert!(closed_after < Duration::from_secs(6), "{closed_after:?}");
 }
+
+#[test]
+fn connect_is_refused_with_405() {
+    let s = behaviours();
+    let raw = s.exchange(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n");
+    let text = String::from_utf8_lossy(&raw);
+    assert!(
+        text.starts_with("HTTP/1.1 405 Method Not Allowed"),
+        "{text}"
+    );
+}
+
+#[test]
+fn header_count_limit_is_a_setting() {
+    let many: String = (0..150).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let request = format!("GET /list HTTP/1.1\r\nHost: t\r\nConnection: close\r\n{many}\r\n");
+    let default = behaviours();
+    assert!(
+        String::from_utf8_lossy(&default.exchange(request.as_bytes())).starts_with("HTTP/1.1 431")
+    );
+    let raised = server()
+        .args(["--max-request-headers=200", "behaviours:app"])
+        .start();
+    assert!(
+        String::from_utf8_lossy(&raised.exchange(request.as_bytes())).starts_with("HTTP/1.1 200")
+    );
+}
+
+#[test]
+fn a_stalled_request_body_times_out_with_408() {
+    let s = server()
+        .args([
+            "--channel-timeout=1",
+            "--connection-limit=1",
+            "behaviours:app",
+        ])
+        .start();
+    let mut c = Conn::open(&s);
+    c.send_str("POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nab");
+    let started = std::time::Instant::now();
+    let r = c.response();
+    assert_eq!(r.status, 408, "{}", r.text());
+    assert!(started.elapsed() < Duration::from_secs(4));
+    assert!(c.is_closed());
+    // The only connection slot is free again.
+    assert_eq!(s.get("/list").status, 200);
+}
+
+#[test]
+fn a_client_that_stops_reading_is_dropped_after_channel_timeout() {
+    // One Python thread, a small buffer, an endless response nobody reads:
+    // the app thread waits for room until the connection times out, then
+    // the app is stopped and closed and the thread serves others again.
+    let s = server()
+        .args([
+            "--threads=1",
+            "--outbuf-high-watermark=256KiB",
+            "--channel-timeout=1",
+            "behaviours:app",
+        ])
+        .start();
+    let mut stalled = s.connect();
+    stalled
+        .write_all(b"GET /endless HTTP/1.1\r\nHost: t\r\n\r\n")
+        .expect("send");
+    assert!(
+        s.wait_event("closed:endless", Duration::from_secs(10)),
+        "{}",
+        s.log()
+    );
+    assert_eq!(s.get("/list").text(), "one,two");
+    drop(stalled);
+}

@@ -149,3 +149,35 @@ fn a_virtualenv_of_another_python_version_is_refused() {
         out.stderr
     );
 }
+
+#[test]
+fn a_virtualenv_of_another_python_installation_is_refused() {
+    // Same 3.11, different installation (Debian's, say): its standard
+    // library would be paired with this binary's libpython.
+    let dir = common::scratch_dir("venv-other-home");
+    let venv = dir.path().join("venv");
+    std::fs::create_dir_all(venv.join("bin")).expect("mkdir");
+    std::fs::write(
+        venv.join("pyvenv.cfg"),
+        "home = /usr/bin\nversion = 3.11.2\n",
+    )
+    .expect("cfg");
+    std::os::unix::fs::symlink(BUILD_PYTHON, venv.join("bin/python")).expect("link");
+    let out = server()
+        .args([
+            format!("--virtualenv={}", venv.display()),
+            "venv_probe:app".into(),
+        ])
+        .run();
+    assert_eq!(out.code(), Some(2), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("was created by the Python in /usr/bin"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("-m venv"),
+        "says what to do: {}",
+        out.stderr
+    );
+}

@@ -311,3 +311,147 @@ fn file_wrapper_over_a_non_file_is_iterated() {
     let r = behaviours().get("/file-bytesio");
     assert_eq!(r.text(), "in-memory file contents");
 }
+
+#[test]
+fn an_app_reentering_start_response_does_not_hang_the_connection() {
+    // exc_info's __getitem__ calls write() while start_response is running.
+    // No state is borrowed while app code runs, so the write goes out, the
+    // exception is re-raised, and the response is cut, not left open.
+    let s = behaviours();
+    let mut stream = s.connect();
+    stream
+        .write_all(b"GET /reentrant HTTP/1.1\r\nHost: t\r\n\r\n")
+        .expect("send");
+    let raw = common::read_to_close(&mut stream);
+    let text = String::from_utf8_lossy(&raw);
+    assert!(
+        text.contains("head-out ") && text.contains("sneaky "),
+        "{text}"
+    );
+    assert!(!text.ends_with("0\r\n\r\n"), "no clean end: {text}");
+    assert!(
+        s.wait_for_log("KeyError: 'late'", Duration::from_secs(5)),
+        "{}",
+        s.log()
+    );
+    assert!(!s.log().contains("panicked"), "{}", s.log());
+    assert_eq!(s.get("/list").text(), "one,two");
+}
+
+#[test]
+fn an_apps_own_connection_aborted_error_is_an_ordinary_500() {
+    let s = server()
+        .args(["--expose-tracebacks", "behaviours:app"])
+        .start();
+    let r = s.get("/database-aborted");
+    assert_eq!(r.status, 500);
+    assert!(
+        r.text().contains("connection to the database was aborted"),
+        "{}",
+        r.text()
+    );
+    assert!(
+        s.log()
+            .contains("Exception while serving /database-aborted"),
+        "{}",
+        s.log()
+    );
+    assert!(!s.log().contains("Client disconnected"), "{}", s.log());
+}
+
+#[test]
+fn writing_past_content_length_is_logged_once_and_is_not_a_disconnect() {
+    let s = behaviours();
+    let mut c = Conn::open(&s);
+    c.send_str("GET /excess-generator HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(c.response().text(), "12345678");
+    c.send_str("GET /excess-write HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(c.response().text(), "abc");
+    c.send_str("GET /list HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(c.response().text(), "one,two");
+    assert!(wait_event(&s, "closed:excess"));
+    let log = s.log();
+    assert_eq!(
+        log.matches("exceeded the number of bytes specified by Content-Length header")
+            .count(),
+        2,
+        "one warning per response: {log}"
+    );
+    assert!(!log.contains("Client disconnected"), "{log}");
+}
+
+#[test]
+fn wsgi_input_is_closed_when_the_request_ends() {
+    let s = server()
+        .args(["--inbuf-overflow=8", "behaviours:app"])
+        .start();
+    for _ in 0..3 {
+        let mut c = Conn::open(&s);
+        c.send_str("POST /keep-input HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n");
+        c.send(&[b'x'; 100]);
+        assert_eq!(c.response().text(), "kept");
+    }
+    assert_eq!(
+        s.json("/kept-input-closed"),
+        serde_json::json!([true, true, true])
+    );
+}
+
+#[test]
+fn reason_phrases_go_out_as_latin1() {
+    let s = behaviours();
+    let raw = s.exchange(b"GET /reason-latin1 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    assert!(
+        raw.starts_with(b"HTTP/1.1 200 Caf\xe9\r\n"),
+        "{:?}",
+        String::from_utf8_lossy(&raw)
+    );
+}
+
+#[test]
+fn no_content_responses_carry_no_length_or_body() {
+    let s = behaviours();
+    let mut c = Conn::open(&s);
+    c.send_str("GET /no-content-with-length HTTP/1.1\r\nHost: t\r\n\r\n");
+    let r = c.response();
+    assert_eq!(r.status, 204);
+    assert_eq!(r.header("content-length"), None);
+    c.send_str("GET /list HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(c.response().text(), "one,two", "no stray body bytes");
+}
+
+#[test]
+fn a_file_wrapper_returned_without_start_response_is_closed_once() {
+    let dir = common::scratch_dir("filewrapper-nostart");
+    let (path, _) = payload(dir.path());
+    let s = server()
+        .env("BEHAVIOURS_FILE", path.to_string_lossy())
+        .arg("behaviours:app")
+        .start();
+    assert_eq!(s.get("/file-no-start").status, 500);
+    assert!(wait_event(&s, "closed:file"));
+    std::thread::sleep(Duration::from_millis(200));
+    let calls = s
+        .events()
+        .iter()
+        .filter(|e| *e == "close-call:file")
+        .count();
+    assert_eq!(calls, 1, "{:?}", s.events());
+}
+
+#[test]
+fn an_app_replacing_os_dup_cannot_make_the_server_close_its_files() {
+    let dir = common::scratch_dir("filewrapper-dup");
+    let (path, data) = payload(dir.path());
+    let s = server()
+        .env("BEHAVIOURS_FILE", path.to_string_lossy())
+        .arg("behaviours:app")
+        .start();
+    for _ in 0..3 {
+        let r = s.get("/hijacked-dup");
+        assert!(r.body == data);
+    }
+    assert!(wait_event(&s, "closed:file"));
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!s.log().contains("Bad file descriptor"), "{}", s.log());
+}

@@ -276,6 +276,25 @@ fn configuration_errors_exit_2_naming_key_value_and_source() {
 }
 
 #[test]
+fn values_beyond_sane_bounds_are_configuration_errors() {
+    for (flag, key) in [
+        (
+            "--connection-limit=18446744073709551615",
+            "limits.connection_limit",
+        ),
+        (
+            "--channel-timeout=18446744073709551615",
+            "limits.channel_timeout",
+        ),
+        ("--max-request-headers=0", "limits.max_request_headers"),
+    ] {
+        let out = server().args([flag, "behaviours:app"]).run();
+        assert_eq!(out.code(), Some(2), "{flag}: {}", out.stderr);
+        assert!(out.stderr.contains(key), "{flag}: {}", out.stderr);
+    }
+}
+
+#[test]
 fn settings_not_yet_supported_are_refused_not_ignored() {
     for flag in [
         "--trusted-proxy=10.0.0.1",

@@ -84,6 +84,9 @@ pub struct Settings {
 pub struct Limits {
     /// Request line plus headers; larger heads get 431.
     pub max_request_header_size: ByteSize,
+    /// Header fields in one request; more get 431.
+    #[serde(deserialize_with = "values::usize")]
+    pub max_request_headers: usize,
     /// Request body; larger bodies get 413, checked while reading.
     pub max_request_body_size: ByteSize,
     /// Request bodies above this are spooled to a temporary file.
@@ -137,6 +140,13 @@ pub struct Log {
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
 pub const DEFAULT_PORT: u16 = 8080;
 
+/// Far above what one process can hold open, far below where counters and
+/// semaphores overflow.
+pub const MAX_CONNECTION_LIMIT: usize = 1_000_000;
+/// Longest accepted timeout: longer ones are a typo, and unbounded ones
+/// overflow deadline arithmetic.
+pub const MAX_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
 impl Default for Settings {
     fn default() -> Self {
         Settings {
@@ -167,6 +177,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_request_header_size: ByteSize(256 << 10),
+            max_request_headers: 100,
             max_request_body_size: ByteSize(1 << 30),
             inbuf_overflow: ByteSize(512 << 10),
             outbuf_overflow: ByteSize(1 << 20),
@@ -286,10 +297,16 @@ impl Settings {
                 "must be at least 64 bytes: no request line fits in less",
             ));
         }
-        if limits.connection_limit == 0 {
+        if limits.max_request_headers == 0 || limits.max_request_headers > 10_000 {
+            problems.push(Problem::new(
+                "limits.max_request_headers",
+                "must be between 1 and 10000",
+            ));
+        }
+        if limits.connection_limit == 0 || limits.connection_limit > MAX_CONNECTION_LIMIT {
             problems.push(Problem::new(
                 "limits.connection_limit",
-                "must be at least 1",
+                format!("must be between 1 and {MAX_CONNECTION_LIMIT}"),
             ));
         }
         if limits.outbuf_high_watermark.0 == 0 {
@@ -298,10 +315,10 @@ impl Settings {
                 "must be at least 1 byte",
             ));
         }
-        if limits.channel_timeout.0.is_zero() {
+        if limits.channel_timeout.0.is_zero() || limits.channel_timeout.0 > MAX_TIMEOUT {
             problems.push(Problem::new(
                 "limits.channel_timeout",
-                "must be longer than 0s",
+                "must be longer than 0s and at most 7 days",
             ));
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {

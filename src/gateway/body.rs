@@ -197,7 +197,13 @@ impl http_body::Body for ResponseBody {
                     if let Some(remaining) = &mut this.remaining {
                         if data.len() as u64 > *remaining {
                             data.truncate(*remaining as usize);
-                            if !this.truncated {
+                            // A stream shares the once-only flag with its
+                            // producer, which may notice the excess first.
+                            let first = match &this.source {
+                                Source::Stream(s) => s.outbuf.first_truncation(),
+                                _ => !this.truncated,
+                            };
+                            if first {
                                 this.truncated = true;
                                 tracing::warn!(
                                     "application-written content exceeded the number of bytes \

@@ -40,6 +40,14 @@ pub fn check_head(
             format!("Malformed HTTP method \"{}\"", method.as_str()),
         ));
     }
+    // A 2xx answer to CONNECT turns the connection into a tunnel, which a
+    // WSGI app cannot serve (Waitress passes it on and garbles PATH_INFO).
+    if method == Method::CONNECT {
+        return Err(Rejection::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "CONNECT is not supported by a WSGI server",
+        ));
+    }
     // Two Host (or Content-Type) headers let a front end and the app
     // disagree about the request; RFC 9112 §3.2 requires a 400 for Host.
     for name in [HOST, CONTENT_TYPE] {
@@ -152,6 +160,12 @@ mod tests {
         assert!(check_head(&Method::GET, &HeaderMap::new(), None, 10).is_ok());
         let ext = Method::from_bytes(b"PURGE").expect("token");
         assert!(check_head(&ext, &HeaderMap::new(), None, 10).is_ok());
+    }
+
+    #[test]
+    fn connect_is_refused() {
+        let err = check_head(&Method::CONNECT, &HeaderMap::new(), None, 10).expect_err("refused");
+        assert_eq!(err.status, StatusCode::METHOD_NOT_ALLOWED);
     }
 
     #[test]

@@ -117,7 +117,7 @@ async fn receive(
     let mut spool: Option<tokio::fs::File> = None;
     let mut len: u64 = 0;
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(malformed_body)?;
+        let frame = frame.map_err(body_error)?;
         let Ok(data) = frame.into_data() else {
             continue; // trailers: Waitress discards them too
         };
@@ -148,13 +148,22 @@ async fn receive(
     Ok(Received { body, len, framed })
 }
 
-fn malformed_body(err: hyper::Error) -> Rejection {
+fn body_error(err: hyper::Error) -> Rejection {
     // hyper's own message is generic ("error reading a body from
     // connection"); the innermost cause says what was wrong, e.g. "Invalid
     // chunk size line: missing size digit".
     let mut cause: &dyn std::error::Error = &err;
     while let Some(inner) = cause.source() {
         cause = inner;
+    }
+    let timed_out = cause
+        .downcast_ref::<std::io::Error>()
+        .is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut);
+    if timed_out {
+        return Rejection::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "The request body stopped arriving (channel_timeout)",
+        );
     }
     Rejection::new(
         StatusCode::BAD_REQUEST,
@@ -219,11 +228,15 @@ fn respond(shared: &Shared, req: &Parts, reply: Reply, uri: Arc<str>) -> Respons
             ),
         );
     };
+    // RFC 9110 §8.6: no Content-Length on a 204; on a 304 only the one the
+    // app declared (it describes the representation, not this message).
+    let length_allowed = status != StatusCode::NO_CONTENT;
+    let derive_length = length_allowed && status != StatusCode::NOT_MODIFIED;
     let (body, length) = match app.body {
         AppBody::Full(chunks) => {
             let total: u64 = chunks.iter().map(|c| c.len() as u64).sum();
-            let length = app.content_length.unwrap_or(total);
-            (ResponseBody::full(chunks, Some(length), uri), Some(length))
+            let length = app.content_length.or(derive_length.then_some(total));
+            (ResponseBody::full(chunks, length, uri), length)
         }
         AppBody::Stream(outbuf) => (
             ResponseBody::stream(outbuf, app.content_length, uri),
@@ -238,7 +251,10 @@ fn respond(shared: &Shared, req: &Parts, reply: Reply, uri: Arc<str>) -> Respons
     *response.status_mut() = status;
     *response.version_mut() = req.version;
     if status.canonical_reason() != Some(app.reason.as_str()) {
-        if let Ok(reason) = hyper::ext::ReasonPhrase::try_from(app.reason.into_bytes()) {
+        // Latin-1 on the wire, like header values (start_response has
+        // checked every char fits in a byte).
+        let latin1: Vec<u8> = app.reason.chars().map(|c| c as u8).collect();
+        if let Ok(reason) = hyper::ext::ReasonPhrase::try_from(latin1) {
             response.extensions_mut().insert(reason);
         }
     }
@@ -251,7 +267,7 @@ fn respond(shared: &Shared, req: &Parts, reply: Reply, uri: Arc<str>) -> Respons
         app_server |= name == SERVER;
         headers.append(name, value);
     }
-    if let Some(len) = length {
+    if let Some(len) = length.filter(|_| length_allowed) {
         headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
     }
     // Waitress's rule: the app's own Server header wins, and the gateway

@@ -19,6 +19,7 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 
@@ -82,6 +83,9 @@ pub struct Outbuf {
     room: Condvar,
     high_water: usize,
     overflow: usize,
+    /// Whether the "more than Content-Length" warning has been logged; the
+    /// producer and the consumer can each notice, only one should say so.
+    truncation_logged: AtomicBool,
 }
 
 /// Why the producer should stop producing.
@@ -121,7 +125,21 @@ impl Outbuf {
             room: Condvar::new(),
             high_water,
             overflow,
+            truncation_logged: AtomicBool::new(false),
         }
+    }
+
+    /// True the first time it is called: whoever notices the app writing
+    /// past its Content-Length logs it, once per response.
+    pub fn first_truncation(&self) -> bool {
+        !self.truncation_logged.swap(true, Ordering::Relaxed)
+    }
+
+    /// Whether pushing `len` more bytes would write to the spool file (the
+    /// caller then releases the GIL around the push).
+    pub fn would_spool(&self, len: usize) -> bool {
+        let st = self.lock();
+        matches!(st.queue.back(), Some(Piece::Spooled(_))) || st.in_memory + len > self.overflow
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

@@ -124,7 +124,10 @@ enum Phase {
     Waiting(oneshot::Sender<Reply>),
     /// Head sent, body streaming.
     Streaming(Arc<Outbuf>),
-    /// Response complete (or failed, or the client left).
+    /// The connection wants no more body (it left, or has the whole
+    /// declared length).
+    Stopped(Stop),
+    /// Response complete, or failed.
     Done,
 }
 
@@ -135,17 +138,41 @@ pub struct StartResponse {
     content_length: Option<u64>,
     phase: Phase,
     limits: outbuf::Limits,
+    /// Request URI, for log messages.
+    uri: Arc<str>,
+}
+
+pyo3::create_exception!(
+    maitred,
+    ClientDisconnected,
+    pyo3::exceptions::PyConnectionAbortedError,
+    "Raised by write() when the client has gone away."
+);
+
+impl Drop for StartResponse {
+    /// However the request ended (even by a panic), a body still open must
+    /// end, or its connection would wait for the rest forever.
+    fn drop(&mut self) {
+        if let Phase::Streaming(outbuf) = &self.phase {
+            outbuf.abort();
+        }
+    }
 }
 
 impl StartResponse {
-    pub fn new(reply: oneshot::Sender<Reply>, limits: outbuf::Limits) -> Self {
+    pub fn new(reply: oneshot::Sender<Reply>, limits: outbuf::Limits, uri: Arc<str>) -> Self {
         StartResponse {
             status: None,
             headers: Vec::new(),
             content_length: None,
             phase: Phase::Waiting(reply),
             limits,
+            uri,
         }
+    }
+
+    pub fn has_status(&self) -> bool {
+        self.status.is_some()
     }
 
     pub fn headers_sent(&self) -> bool {
@@ -187,7 +214,11 @@ impl StartResponse {
 
     /// Sends one body chunk, sending the head first if this is the first.
     /// Returns the buffer to wait on when it is over the high-water mark.
-    pub fn emit(&mut self, chunk: Bytes) -> PyResult<Result<Option<Arc<Outbuf>>, Stop>> {
+    pub fn emit(
+        &mut self,
+        py: Python<'_>,
+        chunk: Bytes,
+    ) -> PyResult<Result<Option<Arc<Outbuf>>, Stop>> {
         if let Phase::Waiting(_) = self.phase {
             let outbuf = Arc::new(Outbuf::with_limits(self.limits));
             if let Err(gone) = self.send_head(AppBody::Stream(Arc::clone(&outbuf)))? {
@@ -195,31 +226,49 @@ impl StartResponse {
             }
             self.phase = Phase::Streaming(outbuf);
         }
-        let Phase::Streaming(outbuf) = &self.phase else {
-            return Ok(Err(Stop::ClientGone));
+        let outbuf = match &self.phase {
+            Phase::Streaming(outbuf) => Arc::clone(outbuf),
+            Phase::Stopped(why) => return Ok(Err(*why)),
+            Phase::Waiting(_) | Phase::Done => return Ok(Err(Stop::ClientGone)),
         };
-        if let Err(gone) = outbuf.push(chunk) {
-            self.phase = Phase::Done;
-            return Ok(Err(gone));
+        if let Err(why) = push(py, &outbuf, chunk) {
+            self.stopped(&outbuf, why);
+            return Ok(Err(why));
         }
-        Ok(Ok(outbuf.is_full().then(|| Arc::clone(outbuf))))
+        Ok(Ok(outbuf.is_full().then_some(outbuf)))
+    }
+
+    /// Records that the connection wants no more, logging once if the app
+    /// is writing past its Content-Length.
+    fn stopped(&mut self, outbuf: &Outbuf, why: Stop) {
+        if why == Stop::BodyComplete && outbuf.first_truncation() {
+            tracing::warn!(
+                "application-written content exceeded the number of bytes specified by \
+                 Content-Length header ({}) while serving {}; the rest is dropped",
+                self.content_length.unwrap_or(0),
+                self.uri
+            );
+        }
+        self.phase = Phase::Stopped(why);
     }
 
     /// Ends the response with everything the app produced: a complete body
     /// when nothing was sent yet (so the length is known), otherwise the
     /// end of the stream.
-    pub fn finish(&mut self, rest: Vec<Bytes>) -> PyResult<Result<(), Stop>> {
+    pub fn finish(&mut self, py: Python<'_>, rest: Vec<Bytes>) -> PyResult<Result<(), Stop>> {
         let outbuf = match &self.phase {
             Phase::Waiting(_) => return self.send_head(AppBody::Full(rest)),
             Phase::Streaming(outbuf) => Arc::clone(outbuf),
+            Phase::Stopped(why) => return Ok(Err(*why)),
             Phase::Done => return Ok(Err(Stop::ClientGone)),
         };
-        self.phase = Phase::Done;
         for chunk in rest {
-            if let Err(why) = outbuf.push(chunk) {
+            if let Err(why) = push(py, &outbuf, chunk) {
+                self.stopped(&outbuf, why);
                 return Ok(Err(why));
             }
         }
+        self.phase = Phase::Done;
         outbuf.finish();
         Ok(Ok(()))
     }
@@ -243,8 +292,19 @@ impl StartResponse {
                 let _ = reply.send(Reply::Failed { detail });
             }
             Phase::Streaming(outbuf) => outbuf.abort(),
-            Phase::Done => {}
+            Phase::Stopped(_) | Phase::Done => {}
         }
+    }
+}
+
+/// Queues a chunk; a push that writes to the spool file does so without the
+/// GIL, so disk writes never stall the app's other threads.
+fn push(py: Python<'_>, outbuf: &Arc<Outbuf>, chunk: Bytes) -> Result<(), Stop> {
+    if outbuf.would_spool(chunk.len()) {
+        let outbuf = Arc::clone(outbuf);
+        py.detach(move || outbuf.push(chunk))
+    } else {
+        outbuf.push(chunk)
     }
 }
 
@@ -304,21 +364,23 @@ impl StartResponse {
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
         let exc_info = exc_info.filter(|e| !e.is_none());
-        {
-            let this = slf.borrow();
-            match exc_info {
-                // PEP 3333: once the head is out, the only thing left is to
-                // re-raise the error, which cuts the connection.
-                Some(exc) if this.headers_sent() => {
-                    return Err(PyErr::from_value(exc.get_item(1)?));
-                }
-                None if this.status.is_some() => {
-                    return Err(PyAssertionError::new_err(
-                        "start_response() called a second time without exc_info",
-                    ));
-                }
-                _ => {}
+        // Read the state and let go of it before running any Python code
+        // (exc_info's __getitem__, the header iterable), which may call back
+        // into this object.
+        let (sent, has_status) = {
+            let this = exclusive(slf)?;
+            (this.headers_sent(), this.status.is_some())
+        };
+        match exc_info {
+            // PEP 3333: once the head is out, the only thing left is to
+            // re-raise the error, which cuts the connection.
+            Some(exc) if sent => return Err(PyErr::from_value(exc.get_item(1)?)),
+            None if has_status => {
+                return Err(PyAssertionError::new_err(
+                    "start_response() called a second time without exc_info",
+                ));
             }
+            _ => {}
         }
         let status = parse_status(&py_str("status", status)?).map_err(PyValueError::new_err)?;
         let mut parsed = Vec::new();
@@ -334,7 +396,7 @@ impl StartResponse {
         }
         let length = declared_length(&parsed).map_err(PyValueError::new_err)?;
         {
-            let mut this = slf.borrow_mut();
+            let mut this = exclusive(slf)?;
             this.status = Some(status);
             this.headers = parsed;
             this.content_length = length;
@@ -350,20 +412,18 @@ impl StartResponse {
             return Ok(());
         }
         let waited = {
-            let mut this = slf.borrow_mut();
+            let mut this = exclusive(slf)?;
             if this.status.is_none() {
                 return Err(PyRuntimeError::new_err(
                     "write() called before start_response()",
                 ));
             }
-            this.emit(chunk)?
+            this.emit(py, chunk)?
         };
         // An exception stops the app's own loop; a complete body is not an
         // error for it, so only a vanished client raises.
         let stopped = |why: Stop| match why {
-            Stop::ClientGone => Err(pyo3::exceptions::PyConnectionAbortedError::new_err(
-                "client disconnected",
-            )),
+            Stop::ClientGone => Err(ClientDisconnected::new_err("client disconnected")),
             Stop::BodyComplete => Ok(()),
         };
         match waited {
@@ -371,6 +431,13 @@ impl StartResponse {
             Ok(outbuf) => wait_for_room(py, outbuf).or_else(stopped),
         }
     }
+}
+
+/// The object, mutably; an app calling start_response or write() from
+/// inside one of them gets an exception rather than a panic.
+fn exclusive<'py>(slf: &Bound<'py, StartResponse>) -> PyResult<PyRefMut<'py, StartResponse>> {
+    slf.try_borrow_mut()
+        .map_err(|_| PyRuntimeError::new_err("start_response() or write() called re-entrantly"))
 }
 
 #[cfg(test)]

@@ -7,19 +7,18 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use crossbeam_channel::Sender;
-use pyo3::exceptions::PyConnectionAbortedError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
 use super::environ::Var;
 use super::outbuf::Stop;
 use super::pool::{DeferredClose, Job, JobQueue, PoolConfig};
-use super::start_response::{StartResponse, chunk_bytes, wait_for_room};
+use super::start_response::{ClientDisconnected, StartResponse, chunk_bytes, wait_for_room};
 use super::streams::{ErrorStream, FileWrapper};
 use super::{Call, CgiVars, FileBody, RequestBody};
 use crate::interpreter::format_exception;
@@ -89,7 +88,6 @@ struct Worker {
     header_keys: HashMap<String, Py<PyString>>,
     bytes_io: Py<PyAny>,
     io_open: Py<PyAny>,
-    os_dup: Py<PyAny>,
 }
 
 impl Worker {
@@ -121,7 +119,6 @@ impl Worker {
             header_keys: HashMap::new(),
             bytes_io: io.getattr("BytesIO")?.unbind(),
             io_open: io.getattr("open")?.unbind(),
-            os_dup: py.import("os")?.getattr("dup")?.unbind(),
         })
     }
 
@@ -132,38 +129,57 @@ impl Worker {
             reply,
             head,
         } = call;
-        let uri = cgi.get(Var::RequestUri).unwrap_or("").to_owned();
-        let responder = match Bound::new(py, StartResponse::new(reply, self.config.output)) {
+        let uri: Arc<str> = Arc::from(cgi.get(Var::RequestUri).unwrap_or(""));
+        let responder = StartResponse::new(reply, self.config.output, Arc::clone(&uri));
+        let responder = match Bound::new(py, responder) {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!("cannot create start_response: {}", format_exception(py, &e));
                 return;
             }
         };
-        let result = self
-            .environ(py, cgi, body)
-            .and_then(|environ| self.app.bind(py).call1((environ, &responder)));
-        let iterable = match result {
-            Ok(iterable) => iterable,
+        let input = match self.input(py, body) {
+            Ok(input) => input,
             Err(e) => return self.failed(py, &responder, &e, &uri),
         };
-        match self.send_body(py, &responder, &iterable) {
-            Ok(Outcome::Deferred) => return,
-            Ok(Outcome::Sent) => {}
-            Ok(Outcome::Disconnected) if !head => {
-                tracing::info!("Client disconnected while serving {uri}");
-            }
-            Ok(Outcome::Disconnected) => {}
+        let result = self
+            .environ(py, cgi, &input)
+            .and_then(|environ| self.app.bind(py).call1((environ, &responder)));
+        match result {
             Err(e) => self.failed(py, &responder, &e, &uri),
+            Ok(iterable) => {
+                let deferred = match self.send_body(py, &responder, &iterable) {
+                    Ok(Outcome::Deferred) => true,
+                    Ok(Outcome::Sent) => false,
+                    Ok(Outcome::Disconnected) => {
+                        if !head {
+                            tracing::info!("Client disconnected while serving {uri}");
+                        }
+                        false
+                    }
+                    Err(e) => {
+                        self.failed(py, &responder, &e, &uri);
+                        false
+                    }
+                };
+                if !deferred {
+                    self.close(py, &iterable, &uri);
+                }
+            }
         }
-        self.close(py, &iterable, &uri);
+        // Waitress closes the request body when the request is over; a
+        // spooled one would otherwise hold its file until Python's garbage
+        // collector found the environ.
+        if let Err(e) = input.call_method0(pyo3::intern!(py, "close")) {
+            tracing::warn!("closing wsgi.input failed: {}", format_exception(py, &e));
+        }
     }
 
     fn environ<'py>(
         &mut self,
         py: Python<'py>,
         cgi: CgiVars,
-        body: RequestBody,
+        input: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyDict>> {
         let environ = self.template.bind(py).copy()?;
         for (var, value) in cgi.vars {
@@ -173,7 +189,7 @@ impl Worker {
             let key = self.header_key(py, key);
             environ.set_item(key, value)?;
         }
-        environ.set_item(pyo3::intern!(py, "wsgi.input"), self.input(py, body)?)?;
+        environ.set_item(pyo3::intern!(py, "wsgi.input"), input)?;
         Ok(environ)
     }
 
@@ -225,10 +241,16 @@ impl Worker {
                     chunks.push(chunk);
                 }
             }
-            return Ok(gone(responder.borrow_mut().finish(chunks)?));
+            return Ok(gone(responder.borrow_mut().finish(py, chunks)?));
         }
         if let Ok(wrapper) = iterable.cast::<FileWrapper>() {
-            if !responder.borrow().headers_sent() {
+            // Without a status the generic path raises the usual error; the
+            // fast path hands close() to the I/O side and must not start.
+            let ready = {
+                let r = responder.borrow();
+                r.has_status() && !r.headers_sent()
+            };
+            if ready {
                 if let Some((file, offset, size)) = self.file_source(py, wrapper.get())? {
                     let declared = responder.borrow().declared_length();
                     // Waitress's rule: a declared length shorter than the
@@ -256,14 +278,14 @@ impl Worker {
             if chunk.is_empty() {
                 continue;
             }
-            let emitted = responder.borrow_mut().emit(chunk)?;
+            let emitted = responder.borrow_mut().emit(py, chunk)?;
             // A complete body ends the iteration early without it being a
             // disconnect: the declared length has gone out.
             if let Err(why) = emitted.and_then(|full| wait_for_room(py, full)) {
                 return Ok(gone(Err(why)));
             }
         }
-        Ok(gone(responder.borrow_mut().finish(Vec::new())?))
+        Ok(gone(responder.borrow_mut().finish(py, Vec::new())?))
     }
 
     /// A regular binary file behind a file wrapper, as an independent
@@ -288,12 +310,19 @@ impl Worker {
         let (Ok(fd), Ok(pos)) = (fd, pos) else {
             return Ok(None);
         };
-        let dup: i32 = self.os_dup.bind(py).call1((fd,))?.extract()?;
-        // SAFETY: `os.dup` has just returned `dup`, a new descriptor that is
-        // open and that nothing else in the process knows about, so this
-        // File becomes its sole owner and closes it exactly once.
-        let file = File::from(unsafe { OwnedFd::from_raw_fd(dup) });
-        debug_assert_eq!(file.as_raw_fd(), dup);
+        // SAFETY: fcntl(F_DUPFD_CLOEXEC) accepts any integer: for one that
+        // is not an open descriptor it fails with -1 and touches nothing.
+        // On success it returns a new descriptor that nothing else in the
+        // process knows about, so the OwnedFd below becomes its sole owner
+        // and closes it exactly once. (`os.dup` is not used: the app could
+        // have replaced it, and then it would decide what Rust owns.)
+        let file = unsafe {
+            let dup = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0);
+            if dup < 0 {
+                return Ok(None);
+            }
+            File::from(OwnedFd::from_raw_fd(dup))
+        };
         match file.metadata() {
             Ok(meta) if meta.is_file() => {
                 let size = meta.len().saturating_sub(pos);
@@ -304,7 +333,7 @@ impl Worker {
     }
 
     fn failed(&self, py: Python<'_>, responder: &Bound<'_, StartResponse>, err: &PyErr, uri: &str) {
-        if err.is_instance_of::<PyConnectionAbortedError>(py) {
+        if err.is_instance_of::<ClientDisconnected>(py) {
             tracing::info!("Client disconnected while serving {uri}");
             responder.borrow_mut().fail(String::new());
             return;

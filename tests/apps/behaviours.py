@@ -260,9 +260,10 @@ def app_server_header(environ, start_response):
 
 
 class RecordingFileIO(io.FileIO):
-    """A real file whose close() is recorded."""
+    """A real file whose close() calls are recorded (each call, and the first)."""
 
     def close(self):
+        record("close-call:file")
         if not self.closed:
             record("closed:file")
         super().close()
@@ -286,6 +287,18 @@ def file_wrapper(environ, start_response):
     return environ["wsgi.file_wrapper"](f, 8192)
 
 
+def file_without_start_response(environ, start_response):
+    f = io.BufferedReader(RecordingFileIO(os.environ["BEHAVIOURS_FILE"]))
+    return environ["wsgi.file_wrapper"](f)
+
+
+def hijacked_dup(environ, start_response):
+    """An app (or library) that replaces os.dup must not decide what the
+    server owns."""
+    os.dup = lambda fd: fd
+    return file_wrapper(environ, start_response)
+
+
 def file_wrapper_bytesio(environ, start_response):
     data = io.BytesIO(b"in-memory file contents")
     start_response("200 OK", [("Content-Type", "text/plain")])
@@ -305,6 +318,72 @@ def big(environ, start_response):
         record("big-done")
     start_response("200 OK", [("Content-Type", "application/octet-stream"), ("Content-Length", str(size))])
     return Closing("big", gen())
+
+
+def endless(environ, start_response):
+    start_response("200 OK", [("Content-Type", "application/octet-stream")])
+    block = b"e" * 65536
+
+    def gen():
+        while True:
+            yield block
+    return Closing("endless", gen())
+
+
+def reentrant(environ, start_response):
+    """exc_info whose __getitem__ calls write() from inside start_response."""
+    write = start_response("200 OK", [("Content-Type", "text/plain")])
+    write(b"head-out ")
+
+    class Sneaky(tuple):
+        def __getitem__(self, i):
+            write(b"sneaky ")
+            return tuple.__getitem__(self, i)
+    try:
+        raise KeyError("late")
+    except KeyError:
+        info = Sneaky(sys.exc_info())
+    start_response("500 Oops", [], info)
+    return [b"never"]
+
+
+def database_aborted(environ, start_response):
+    raise ConnectionAbortedError(103, "connection to the database was aborted")
+
+
+def excess_generator(environ, start_response):
+    start_response("200 OK", [("Content-Length", "8")])
+    return Closing("excess", [b"12345678", b"9"])
+
+
+def excess_write(environ, start_response):
+    write = start_response("200 OK", [("Content-Length", "3")])
+    write(b"abc")
+    write(b"d")
+    write(b"e")
+    return []
+
+
+_kept_inputs = []
+
+
+def keep_input(environ, start_response):
+    _kept_inputs.append(environ["wsgi.input"])
+    return _plain(start_response, "kept")
+
+
+def kept_input_closed(environ, start_response):
+    return _json(start_response, [i.closed for i in _kept_inputs])
+
+
+def reason_latin1(environ, start_response):
+    start_response("200 Caf\u00e9", [("Content-Length", "2")])
+    return [b"ok"]
+
+
+def no_content_with_length(environ, start_response):
+    start_response("204 No Content", [("Content-Length", "5")])
+    return [b"hello"]
 
 
 def slow_stream(environ, start_response):
@@ -378,6 +457,17 @@ ROUTES = {
     "/app-server-header": app_server_header,
     "/file": file_wrapper,
     "/file-bytesio": file_wrapper_bytesio,
+    "/file-no-start": file_without_start_response,
+    "/hijacked-dup": hijacked_dup,
+    "/endless": endless,
+    "/reentrant": reentrant,
+    "/database-aborted": database_aborted,
+    "/excess-generator": excess_generator,
+    "/excess-write": excess_write,
+    "/keep-input": keep_input,
+    "/kept-input-closed": kept_input_closed,
+    "/reason-latin1": reason_latin1,
+    "/no-content-with-length": no_content_with_length,
     "/big": big,
     "/slow-stream": slow_stream,
     "/sleep": sleep,
