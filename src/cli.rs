@@ -18,9 +18,30 @@ use figment::value::{Dict, Value};
 use crate::config::registry::{Kind, SETTINGS, Setting, WAITRESS_NO_OPS};
 use crate::config::values::split_list;
 
+/// What to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Serve,
+    /// `config show`: the effective settings with their sources.
+    ConfigShow(Format),
+    /// `config check`: validate, exit 0 or 2.
+    ConfigCheck,
+    /// `config defaults`: the commented reference TOML.
+    ConfigDefaults,
+    /// `config docs` (hidden): the Markdown reference table.
+    ConfigDocs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Toml,
+    Json,
+}
+
 /// What the command line asked for.
 #[derive(Debug)]
 pub struct Invocation {
+    pub action: Action,
     /// `--config FILE`; `None` falls back to `MAITRED_CONFIG`.
     pub config_file: Option<PathBuf>,
     /// The flags given, as a nested dictionary keyed like the TOML file.
@@ -44,9 +65,10 @@ fn command() -> Command {
             "A production WSGI server: hyper and tokio in front, embedded CPython behind.\n\n\
              Accepts waitress-serve's options. Every option is also a setting in the TOML file \
              (--config) and an environment variable (MAITRED_<KEY>, nesting with __). \
-             Precedence: built-in defaults < file < environment < flags.",
+             Precedence: built-in defaults < file < environment < flags. \
+             `maitred config show` prints the effective settings and where each came from.",
         )
-        .override_usage("maitred [OPTIONS] [MODULE:CALLABLE]")
+        .override_usage("maitred [OPTIONS] [MODULE:CALLABLE]\n       maitred config <show|check|defaults> [OPTIONS]")
         .arg(
             Arg::new("target")
                 .value_name("MODULE:CALLABLE")
@@ -56,6 +78,7 @@ fn command() -> Command {
             Arg::new("config")
                 .long("config")
                 .value_name("FILE")
+                .global(true)
                 .value_parser(clap::value_parser!(PathBuf))
                 .help("TOML settings file [env: MAITRED_CONFIG]"),
         )
@@ -63,24 +86,56 @@ fn command() -> Command {
             Arg::new("host")
                 .long("host")
                 .value_name("HOST")
+                .global(true)
                 .help("Listen on HOST (with --port): shorthand for --listen HOST:PORT"),
         )
         .arg(
             Arg::new("port")
                 .long("port")
                 .value_name("PORT")
+                .global(true)
                 .help("Listen on PORT (with --host): shorthand for --listen HOST:PORT"),
+        )
+        .subcommand(
+            Command::new("config")
+                .about("Inspect the configuration without starting the server")
+                .subcommand_required(true)
+                .subcommand(
+                    Command::new("show")
+                        .about("Print the effective settings, each with the layer it came from")
+                        .arg(
+                            Arg::new("format")
+                                .long("format")
+                                .value_parser(["toml", "json"])
+                                .default_value("toml")
+                                .help("Output format"),
+                        ),
+                )
+                .subcommand(
+                    Command::new("check")
+                        .about("Validate the settings; exit 0 if they are valid, 2 if not"),
+                )
+                .subcommand(
+                    Command::new("defaults")
+                        .about("Print a complete, commented TOML file of every setting and its default"),
+                )
+                .subcommand(
+                    Command::new("docs")
+                        .about("Print the settings reference table (Markdown)")
+                        .hide(true),
+                ),
         );
     for s in SETTINGS {
         cmd = add_setting(cmd, s);
     }
     for (flag, kind) in WAITRESS_NO_OPS {
-        let arg = Arg::new(*flag).long(*flag).hide(true);
+        let arg = Arg::new(*flag).long(*flag).hide(true).global(true);
         cmd = match kind {
             Kind::Switch => cmd.arg(arg.action(ArgAction::SetTrue)).arg(
                 Arg::new(format!("{NO_PREFIX}{flag}"))
                     .long(format!("no-{flag}"))
                     .hide(true)
+                    .global(true)
                     .action(ArgAction::SetTrue),
             ),
             _ => cmd.arg(arg.action(ArgAction::Set)),
@@ -91,16 +146,18 @@ fn command() -> Command {
 
 fn add_setting(cmd: Command, s: &Setting) -> Command {
     let arg = Arg::new(s.key)
-        .long(s.flag)
-        .aliases(s.aliases.iter().copied())
+        .long(s.flag())
+        .visible_aliases(s.aliases.iter().copied())
+        .global(true)
         .help(s.help);
     match s.kind {
         Kind::Switch => {
             let negative = Arg::new(format!("{NO_PREFIX}{}", s.key))
-                .long(format!("no-{}", s.flag))
+                .long(format!("no-{}", s.flag()))
                 .aliases(s.aliases.iter().map(|a| format!("no-{a}")))
                 .action(ArgAction::SetTrue)
                 .overrides_with(s.key)
+                .global(true)
                 .hide(true);
             cmd.arg(
                 arg.action(ArgAction::SetTrue)
@@ -129,7 +186,36 @@ where
     from_matches(&matches)
 }
 
-fn from_matches(m: &ArgMatches) -> Result<Invocation, UsageError> {
+/// Finds the action and the matches holding the flags (global flags are
+/// visible in the innermost subcommand's matches).
+fn from_matches(top: &ArgMatches) -> Result<Invocation, UsageError> {
+    let (action, m) = match top.subcommand() {
+        None => (Action::Serve, top),
+        Some(("config", config)) => match config.subcommand() {
+            Some(("show", sub)) => {
+                let format = match sub.get_one::<String>("format").map(String::as_str) {
+                    Some("json") => Format::Json,
+                    _ => Format::Toml,
+                };
+                (Action::ConfigShow(format), sub)
+            }
+            Some(("check", sub)) => (Action::ConfigCheck, sub),
+            Some(("defaults", sub)) => (Action::ConfigDefaults, sub),
+            Some(("docs", sub)) => (Action::ConfigDocs, sub),
+            _ => {
+                return Err(UsageError(
+                    "`maitred config` needs show, check or defaults".into(),
+                ));
+            }
+        },
+        Some((other, _)) => return Err(UsageError(format!("unknown command `{other}`"))),
+    };
+    let mut invocation = layer_from(m, top)?;
+    invocation.action = action;
+    Ok(invocation)
+}
+
+fn layer_from(m: &ArgMatches, top: &ArgMatches) -> Result<Invocation, UsageError> {
     let mut layer = Dict::new();
     let mut notices = Vec::new();
 
@@ -164,7 +250,7 @@ fn from_matches(m: &ArgMatches) -> Result<Invocation, UsageError> {
         }
     }
 
-    if let Some(target) = m.get_one::<String>("target") {
+    if let Ok(Some(target)) = top.try_get_one::<String>("target") {
         if layer.contains_key("app") {
             return Err(UsageError(
                 "the app is given twice: as MODULE:CALLABLE and with --app; give it once".into(),
@@ -214,6 +300,7 @@ fn from_matches(m: &ArgMatches) -> Result<Invocation, UsageError> {
     }
 
     Ok(Invocation {
+        action: Action::Serve,
         config_file: m.get_one::<PathBuf>("config").cloned(),
         layer,
         notices,

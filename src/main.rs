@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use ::http::HeaderValue;
 
+use crate::cli::{Action, Format};
 use crate::config::Settings;
 use crate::interpreter::StartError;
 use crate::wsgi::environ::EnvironConfig;
@@ -40,6 +41,17 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    match invocation.action {
+        Action::ConfigDefaults => {
+            print!("{}", config::render::defaults_toml());
+            return ExitCode::SUCCESS;
+        }
+        Action::ConfigDocs => {
+            print!("{}", config::render::docs_table());
+            return ExitCode::SUCCESS;
+        }
+        _ => {}
+    }
     let loaded = match config::load(&invocation) {
         Ok(loaded) => loaded,
         Err(e) => {
@@ -50,10 +62,50 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    match invocation.action {
+        Action::ConfigShow(Format::Toml) => {
+            let text = config::render::show_toml(
+                &loaded.settings,
+                &loaded.figment,
+                loaded.file.as_deref(),
+            );
+            print!("{text}");
+            return ExitCode::SUCCESS;
+        }
+        Action::ConfigShow(Format::Json) => {
+            print!(
+                "{}",
+                config::render::show_json(&loaded.settings, &loaded.figment)
+            );
+            return ExitCode::SUCCESS;
+        }
+        Action::ConfigCheck => {
+            for notice in &invocation.notices {
+                eprintln!("maitred: note: {notice}");
+            }
+            for var in &loaded.skipped_env {
+                eprintln!(
+                    "maitred: note: ignored {var} (a Kubernetes service link, not a setting)"
+                );
+            }
+            match &loaded.file {
+                Some(file) => println!(
+                    "The configuration is valid (settings file {}).",
+                    file.display()
+                ),
+                None => println!("The configuration is valid (no settings file)."),
+            }
+            return ExitCode::SUCCESS;
+        }
+        _ => {}
+    }
     let settings = loaded.settings;
     logging::init(&settings.log);
     for notice in &invocation.notices {
         tracing::warn!("{notice}");
+    }
+    for var in &loaded.skipped_env {
+        tracing::debug!("ignored {var}: a Kubernetes service link, not a setting");
     }
     if let Some(file) = &loaded.file {
         tracing::info!("settings file: {}", file.display());

@@ -463,7 +463,7 @@ fn header_count_limit_is_a_setting() {
         String::from_utf8_lossy(&default.exchange(request.as_bytes())).starts_with("HTTP/1.1 431")
     );
     let raised = server()
-        .args(["--max-request-headers=200", "behaviours:app"])
+        .args(["--limits-max-request-headers=200", "behaviours:app"])
         .start();
     assert!(
         String::from_utf8_lossy(&raised.exchange(request.as_bytes())).starts_with("HTTP/1.1 200")

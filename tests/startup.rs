@@ -286,7 +286,10 @@ fn values_beyond_sane_bounds_are_configuration_errors() {
             "--channel-timeout=18446744073709551615",
             "limits.channel_timeout",
         ),
-        ("--max-request-headers=0", "limits.max_request_headers"),
+        (
+            "--limits-max-request-headers=0",
+            "limits.max_request_headers",
+        ),
     ] {
         let out = server().args([flag, "behaviours:app"]).run();
         assert_eq!(out.code(), Some(2), "{flag}: {}", out.stderr);

@@ -22,12 +22,16 @@ const ENV_PREFIX: &str = registry::ENV_PREFIX;
 /// environment to the server.
 const NOT_SETTINGS: &[&str] = &["config", "bin", "args"];
 
-/// Settings after a successful load.
+/// Settings after a successful load, with the figment they came from so
+/// `config show` can say where each value was set.
 #[derive(Debug)]
 pub struct Loaded {
     pub settings: Settings,
+    pub figment: Figment,
     /// Which file was read, if any.
     pub file: Option<PathBuf>,
+    /// `MAITRED_*` variables skipped as Kubernetes service links.
+    pub skipped_env: Vec<String>,
 }
 
 /// Everything wrong with the configuration, one message per problem.
@@ -95,6 +99,49 @@ fn config_file(inv: &Invocation) -> Result<Option<(PathBuf, &'static str)>, Load
     Ok(Some((path, origin)))
 }
 
+/// Kubernetes injects `<SERVICE>_SERVICE_HOST`, `<SERVICE>_SERVICE_PORT[_NAME]`,
+/// `<SERVICE>_PORT=tcp://ip:port` and `<SERVICE>_PORT_<n>_<PROTO>[_ADDR|_PORT|_PROTO]`
+/// into every pod for every Service in its namespace; a Service named
+/// `maitred` therefore produces `MAITRED_*` variables that are not settings.
+/// Those exact shapes are skipped (and listed at debug level). Anything
+/// else unknown, including `MAITRED_PORT=9000` typed by a person, is still
+/// an error.
+fn is_service_link(key: &str, value: &str) -> bool {
+    let key = key.to_ascii_uppercase();
+    let Some(rest) = key.strip_prefix(ENV_PREFIX) else {
+        return false;
+    };
+    let url = |v: &str| {
+        ["tcp://", "udp://", "sctp://"]
+            .iter()
+            .any(|p| v.starts_with(p))
+    };
+    if rest == "SERVICE_HOST" || rest == "SERVICE_PORT" || rest.starts_with("SERVICE_PORT_") {
+        return true;
+    }
+    if rest == "PORT" {
+        return url(value);
+    }
+    // PORT_<n>_<PROTO> and its _ADDR/_PORT/_PROTO companions.
+    let mut parts = rest.split('_');
+    matches!(
+        (parts.next(), parts.next(), parts.next(), parts.next(), parts.next()),
+        (Some("PORT"), Some(n), Some("TCP" | "UDP" | "SCTP"), None | Some("ADDR" | "PORT" | "PROTO"), None)
+            if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
+    )
+}
+
+/// The `MAITRED_*` variable names that are Kubernetes service links.
+fn service_links(
+    vars: impl Iterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+) -> Vec<String> {
+    vars.filter_map(|(k, v)| {
+        let (k, v) = (k.to_str()?.to_owned(), v.to_string_lossy().into_owned());
+        is_service_link(&k, &v).then_some(k)
+    })
+    .collect()
+}
+
 pub fn figment(inv: &Invocation, file: Option<&Path>) -> Figment {
     let mut fig = Figment::new().merge(Named {
         name: DEFAULTS,
@@ -103,9 +150,16 @@ pub fn figment(inv: &Invocation, file: Option<&Path>) -> Figment {
     if let Some(path) = file {
         fig = fig.merge(Toml::file_exact(path));
     }
+    let mut ignored: Vec<String> = NOT_SETTINGS.iter().map(|s| (*s).to_owned()).collect();
+    ignored.extend(
+        service_links(std::env::vars_os())
+            .iter()
+            .map(|k| k[ENV_PREFIX.len()..].to_ascii_lowercase()),
+    );
+    let ignored: Vec<&str> = ignored.iter().map(String::as_str).collect();
     fig.merge(Named {
         name: ENVIRONMENT,
-        inner: Env::prefixed(ENV_PREFIX).split("__").ignore(NOT_SETTINGS),
+        inner: Env::prefixed(ENV_PREFIX).split("__").ignore(&ignored),
     })
     .merge(Named {
         name: COMMAND_LINE,
@@ -151,7 +205,9 @@ pub fn load(inv: &Invocation) -> Result<Loaded, LoadError> {
     }
     Ok(Loaded {
         settings,
+        figment: fig,
         file: file.map(|(p, _)| p),
+        skipped_env: service_links(std::env::vars_os()),
     })
 }
 
@@ -182,9 +238,15 @@ fn unknown_keys(fig: &Figment) -> Vec<String> {
                 .map(|md| describe_unknown_source(md, &key))
                 .unwrap_or_else(|| "an unknown source".to_owned());
             let table = (!prefix.is_empty()).then_some(prefix);
-            let hint = suggest(name, table)
-                .map(|s| format!("; did you mean `{s}`?"))
-                .unwrap_or_else(|| "; see `maitred --help` for the settings".to_owned());
+            let hint = if matches!(key.as_str(), "host" | "port") {
+                "; the address is set with `listen = [\"HOST:PORT\"]` (MAITRED_LISTEN); \
+                 --host and --port exist only as command-line shorthands"
+                    .to_owned()
+            } else {
+                suggest(name, table)
+                    .map(|s| format!("; did you mean `{s}`?"))
+                    .unwrap_or_else(|| "; `maitred config defaults` lists every setting".to_owned())
+            };
             out.push(format!("{key}: unknown setting (from {source}){hint}"));
         }
     }
@@ -204,7 +266,7 @@ pub fn describe_source(md: &Metadata, key: &str) -> String {
         COMMAND_LINE => match registry::by_key(key) {
             Some(s) if s.key == "app" => "the command line".to_owned(),
             Some(s) => {
-                let mut flags = vec![format!("--{}", s.flag)];
+                let mut flags = vec![format!("--{}", s.flag())];
                 flags.extend(s.aliases.iter().map(|a| format!("--{a}")));
                 format!("flag {}", flags.join(" / "))
             }
@@ -404,6 +466,50 @@ mod tests {
             let msg = err.to_string();
             assert!(msg.contains("proxy.trusted: not yet supported"), "{msg}");
             assert!(msg.contains("--trusted-proxy"), "{msg}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn kubernetes_service_links_are_recognised_exactly() {
+        for (k, v) in [
+            ("MAITRED_PORT", "tcp://10.0.0.1:80"),
+            ("MAITRED_SERVICE_HOST", "10.0.0.1"),
+            ("MAITRED_SERVICE_PORT", "80"),
+            ("MAITRED_SERVICE_PORT_HTTP", "80"),
+            ("MAITRED_PORT_80_TCP", "tcp://10.0.0.1:80"),
+            ("MAITRED_PORT_80_TCP_ADDR", "10.0.0.1"),
+            ("MAITRED_PORT_80_TCP_PORT", "80"),
+            ("MAITRED_PORT_53_UDP_PROTO", "udp"),
+        ] {
+            assert!(is_service_link(k, v), "{k}={v}");
+        }
+        for (k, v) in [
+            ("MAITRED_PORT", "9000"),
+            ("MAITRED_THREADS", "4"),
+            ("MAITRED_PORT_X_TCP", "x"),
+            ("MAITRED_PORT_80_TCP_EXTRA", "x"),
+            ("OTHER_PORT", "tcp://1.2.3.4:5"),
+        ] {
+            assert!(!is_service_link(k, v), "{k}={v}");
+        }
+    }
+
+    #[test]
+    fn service_links_do_not_break_loading() {
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.set_env("MAITRED_PORT", "tcp://10.0.0.1:80");
+            jail.set_env("MAITRED_PORT_80_TCP_ADDR", "10.0.0.1");
+            jail.set_env("MAITRED_SERVICE_HOST", "10.0.0.1");
+            jail.set_env("MAITRED_THREADS", "6");
+            let loaded = load(&invocation(&[])).map_err(|e| e.to_string())?;
+            assert_eq!(loaded.settings.threads, 6);
+            assert_eq!(loaded.skipped_env.len(), 3);
+            jail.set_env("MAITRED_PORT", "9000");
+            let err = load(&invocation(&[])).expect_err("a person's MAITRED_PORT is an error");
+            assert!(err.to_string().contains("port: unknown setting"), "{err}");
+            assert!(err.to_string().contains("MAITRED_LISTEN"), "{err}");
             Ok(())
         });
     }

@@ -8,6 +8,7 @@
 
 pub mod load;
 pub mod registry;
+pub mod render;
 pub mod values;
 
 use std::net::SocketAddr;

@@ -1,8 +1,13 @@
-//! The list of settings: for each, its TOML key, its flag, the Waitress
-//! spelling of that flag, and a one-line meaning.
+//! The list of settings: for each, its TOML key, how it is written on the
+//! command line, the Waitress spelling of its flag, and a one-line meaning.
 //!
-//! The command line, the environment-variable names, provenance messages and
-//! the documentation checks are all derived from this table, so a setting is
+//! Each setting has one name in every layer, derived from its dotted TOML
+//! key: `limits.max_request_body_size` is `[limits] max_request_body_size`
+//! in the file, `MAITRED_LIMITS__MAX_REQUEST_BODY_SIZE` in the environment
+//! and `--limits-max-request-body-size` on the command line (Waitress's
+//! `--max-request-body-size` is an alias). The command line, the
+//! environment-variable names, provenance messages, `config defaults` and
+//! the documentation table are all derived from this table, so a setting is
 //! added in exactly two places: the [`Settings`](super::Settings) struct and
 //! here. A unit test fails if the two disagree.
 
@@ -31,17 +36,40 @@ pub enum Status {
 pub struct Setting {
     /// Dotted TOML key, e.g. `limits.max_request_body_size`.
     pub key: &'static str,
-    /// Long flag without the dashes.
-    pub flag: &'static str,
     /// Other accepted flag spellings (Waitress's, where they differ).
     pub aliases: &'static [&'static str],
     pub kind: Kind,
     pub value_name: &'static str,
     pub help: &'static str,
+    /// A value to show, commented out, for settings unset by default.
+    pub example: Option<&'static str>,
     pub status: Status,
+    /// Printed as `<redacted>` by `config show`.
+    pub secret: bool,
 }
 
 pub const ENV_PREFIX: &str = "MAITRED_";
+
+impl Setting {
+    /// `limits-max-request-body-size` for `limits.max_request_body_size`.
+    pub fn flag(&self) -> String {
+        self.key.replace(['.', '_'], "-")
+    }
+
+    pub fn env_var(&self) -> String {
+        env_var(self.key)
+    }
+
+    /// The table it lives in (`limits`), or `None` at the top level.
+    pub fn table(&self) -> Option<&'static str> {
+        self.key.rsplit_once('.').map(|(t, _)| t)
+    }
+
+    /// The key within its table (`max_request_body_size`).
+    pub fn leaf(&self) -> &'static str {
+        self.key.rsplit_once('.').map_or(self.key, |(_, l)| l)
+    }
+}
 
 /// `MAITRED_LIMITS__MAX_REQUEST_BODY_SIZE` for `limits.max_request_body_size`
 /// (any dotted key, known or not, so typos can be named too).
@@ -54,24 +82,29 @@ pub fn env_var(key: &str) -> String {
 
 const fn setting(
     key: &'static str,
-    flag: &'static str,
     kind: Kind,
     value_name: &'static str,
     help: &'static str,
 ) -> Setting {
     Setting {
         key,
-        flag,
         aliases: &[],
         kind,
         value_name,
         help,
+        example: None,
         status: Status::Implemented,
+        secret: false,
     }
 }
 
 const fn aliased(mut s: Setting, aliases: &'static [&'static str]) -> Setting {
     s.aliases = aliases;
+    s
+}
+
+const fn example(mut s: Setting, value: &'static str) -> Setting {
+    s.example = Some(value);
     s
 }
 
@@ -86,37 +119,37 @@ const PROXY_WORK: &str = "trusted-proxy support";
 
 #[rustfmt::skip]
 pub static SETTINGS: &[Setting] = &[
-    setting("app", "app", Value, "MODULE:CALLABLE", "WSGI application to serve (also the positional argument); unset serves the built-in demo page"),
-    setting("call", "call", Switch, "", "Call the target (a factory, without arguments) to get the application"),
-    setting("app_dir", "app-dir", List, "DIR", "Extra directory to put on sys.path; the current directory always is"),
-    setting("virtualenv", "virtualenv", Value, "DIR", "Virtualenv whose packages the app imports [default: $VIRTUAL_ENV]"),
-    setting("listen", "listen", List, "HOST:PORT", "Address to listen on: HOST:PORT, [IPV6]:PORT or *:PORT; repeatable"),
-    setting("unix_socket", "unix-socket", Value, "PATH", "Listen on this Unix socket instead of TCP"),
-    setting("unix_socket_perms", "unix-socket-perms", Value, "OCTAL", "Octal permissions of the Unix socket file"),
-    setting("ipv4", "ipv4", Switch, "", "Let `*` in listen resolve to IPv4 addresses"),
-    setting("ipv6", "ipv6", Switch, "", "Let `*` in listen resolve to IPv6 addresses"),
-    setting("backlog", "backlog", Value, "N", "listen() backlog of each listener"),
-    setting("threads", "threads", Value, "N", "Python threads running the application"),
-    setting("url_scheme", "url-scheme", Value, "SCHEME", "Default wsgi.url_scheme: http or https"),
-    setting("url_prefix", "url-prefix", Value, "PATH", "Mount point of the app; becomes SCRIPT_NAME"),
-    setting("ident", "ident", Value, "NAME", "Server header and SERVER_SOFTWARE; empty omits the header"),
-    setting("server_name", "server-name", Value, "NAME", "SERVER_NAME in the environ (never taken from Host)"),
-    setting("expose_tracebacks", "expose-tracebacks", Switch, "", "Put the traceback into the body of 500 responses"),
-    setting("limits.max_request_header_size", "max-request-header-size", Value, "SIZE", "Largest request line plus headers; larger gets 431"),
-    setting("limits.max_request_headers", "max-request-headers", Value, "N", "Most header fields in one request; more get 431"),
-    setting("limits.max_request_body_size", "max-request-body-size", Value, "SIZE", "Largest request body; larger gets 413"),
-    setting("limits.inbuf_overflow", "inbuf-overflow", Value, "SIZE", "Request bodies above this are spooled to a temporary file"),
-    setting("limits.outbuf_overflow", "outbuf-overflow", Value, "SIZE", "Pending response bytes above this are spooled to a temporary file"),
-    setting("limits.outbuf_high_watermark", "outbuf-high-watermark", Value, "SIZE", "The app thread blocks while more than this waits to be sent"),
-    setting("limits.connection_limit", "connection-limit", Value, "N", "Open connections at which maitred stops accepting"),
-    setting("limits.channel_timeout", "channel-timeout", Value, "DURATION", "Close a connection idle this long with no request in flight"),
-    pending(aliased(setting("proxy.trusted", "proxy-trusted", List, "ADDR", "Proxy addresses whose forwarding headers are trusted"), &["trusted-proxy"]), PROXY_WORK),
-    pending(aliased(setting("proxy.count", "proxy-count", Value, "N", "Number of trusted proxy hops"), &["trusted-proxy-count"]), PROXY_WORK),
-    pending(aliased(setting("proxy.headers", "proxy-headers", List, "HEADER", "Forwarding headers believed from trusted proxies"), &["trusted-proxy-headers"]), PROXY_WORK),
-    aliased(setting("proxy.clear_untrusted", "proxy-clear-untrusted", Switch, "", "Remove untrusted forwarding headers before the app sees them"), &["clear-untrusted-proxy-headers"]),
-    pending(aliased(setting("proxy.log_untrusted", "proxy-log-untrusted", Switch, "", "Log untrusted forwarding headers that were removed"), &["log-untrusted-proxy-headers"]), PROXY_WORK),
-    setting("log.level", "log-level", Value, "LEVEL", "error, warn, info, debug, trace, or a tracing filter"),
-    setting("log.format", "log-format", Value, "FORMAT", "text or json"),
+    example(setting("app", Value, "MODULE:CALLABLE", "WSGI application to serve (also the positional argument); unset serves the built-in demo page"), "\"myproject.wsgi:application\""),
+    setting("call", Switch, "", "Call the target (a factory, without arguments) to get the application"),
+    example(setting("app_dir", List, "DIR", "Extra directories put on sys.path before installed packages; the current directory is always on it"), "[\"/srv/app\"]"),
+    example(setting("virtualenv", Value, "DIR", "Virtualenv whose packages the app imports; unset uses $VIRTUAL_ENV if set"), "\"/srv/app/.venv\""),
+    setting("listen", List, "HOST:PORT", "Addresses to listen on: HOST:PORT, [IPV6]:PORT or *:PORT (every address); repeatable"),
+    example(setting("unix_socket", Value, "PATH", "Listen on this Unix socket instead of TCP"), "\"/run/maitred/app.sock\""),
+    setting("unix_socket_perms", Value, "OCTAL", "Octal permissions of the Unix socket file"),
+    setting("ipv4", Switch, "", "Let `*` and host names in listen resolve to IPv4 addresses"),
+    setting("ipv6", Switch, "", "Let `*` and host names in listen resolve to IPv6 addresses"),
+    setting("backlog", Value, "N", "listen() backlog of each listener"),
+    setting("threads", Value, "N", "Python threads running the application"),
+    setting("url_scheme", Value, "SCHEME", "Default wsgi.url_scheme: http or https"),
+    setting("url_prefix", Value, "PATH", "Mount point of the app; becomes SCRIPT_NAME (paths outside it pass unchanged)"),
+    setting("ident", Value, "NAME", "Server header and SERVER_SOFTWARE; empty omits the header"),
+    setting("server_name", Value, "NAME", "SERVER_NAME in the environ (never taken from Host)"),
+    setting("expose_tracebacks", Switch, "", "Put the traceback into the body of 500 responses (never in production)"),
+    aliased(setting("limits.max_request_header_size", Value, "SIZE", "Largest request line plus headers; larger gets 431"), &["max-request-header-size"]),
+    setting("limits.max_request_headers", Value, "N", "Most header fields in one request; more get 431"),
+    aliased(setting("limits.max_request_body_size", Value, "SIZE", "Largest request body; larger gets 413, checked as it arrives"), &["max-request-body-size"]),
+    aliased(setting("limits.inbuf_overflow", Value, "SIZE", "Request bodies above this are spooled to a temporary file"), &["inbuf-overflow"]),
+    aliased(setting("limits.outbuf_overflow", Value, "SIZE", "Pending response bytes above this wait in a temporary file"), &["outbuf-overflow"]),
+    aliased(setting("limits.outbuf_high_watermark", Value, "SIZE", "The app's thread waits while more than this is waiting to be sent"), &["outbuf-high-watermark"]),
+    aliased(setting("limits.connection_limit", Value, "N", "Open connections at which maitred stops accepting"), &["connection-limit"]),
+    aliased(setting("limits.channel_timeout", Value, "DURATION", "A connection waiting this long on its client (idle, stalled upload, unread response, unfinished head) is closed"), &["channel-timeout"]),
+    pending(example(aliased(setting("proxy.trusted", List, "ADDR", "Peers whose forwarding headers are trusted: IPs, CIDR ranges, * or unix"), &["trusted-proxy"]), "[\"10.0.0.0/8\", \"127.0.0.1\"]"), PROXY_WORK),
+    pending(example(aliased(setting("proxy.count", Value, "N", "Number of trusted proxy hops"), &["trusted-proxy-count"]), "1"), PROXY_WORK),
+    pending(example(aliased(setting("proxy.headers", List, "HEADER", "Forwarding headers believed from trusted proxies"), &["trusted-proxy-headers"]), "[\"x-forwarded-for\", \"x-forwarded-proto\"]"), PROXY_WORK),
+    aliased(setting("proxy.clear_untrusted", Switch, "", "Remove forwarding headers that are not trusted before the app sees them"), &["clear-untrusted-proxy-headers"]),
+    pending(aliased(setting("proxy.log_untrusted", Switch, "", "Log the untrusted forwarding headers that were removed"), &["log-untrusted-proxy-headers"]), PROXY_WORK),
+    setting("log.level", Value, "LEVEL", "error, warn, info, debug, trace, or a tracing filter such as maitred=debug (RUST_LOG wins)"),
+    setting("log.format", Value, "FORMAT", "text or json"),
 ];
 
 /// Waitress flags that tune its asyncore loop and have no counterpart here.
@@ -136,6 +169,17 @@ pub fn by_key(key: &str) -> Option<&'static Setting> {
     SETTINGS.iter().find(|s| s.key == key)
 }
 
+/// The tables, in the order the settings list them (top level first).
+pub fn tables() -> Vec<Option<&'static str>> {
+    let mut tables: Vec<Option<&'static str>> = vec![None];
+    for s in SETTINGS {
+        if !tables.contains(&s.table()) {
+            tables.push(s.table());
+        }
+    }
+    tables
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,7 +187,7 @@ mod tests {
     use std::collections::BTreeSet;
 
     /// Every leaf key of the serialized defaults, dotted.
-    fn struct_keys() -> BTreeSet<String> {
+    pub fn struct_keys() -> BTreeSet<String> {
         fn walk(prefix: &str, value: &serde_json::Value, out: &mut BTreeSet<String>) {
             match value {
                 serde_json::Value::Object(map) => {
@@ -174,27 +218,62 @@ mod tests {
     }
 
     #[test]
+    fn top_level_settings_come_before_tables() {
+        // TOML output depends on it: a key after a [table] belongs to it.
+        let first_nested = SETTINGS.iter().position(|s| s.table().is_some());
+        let last_top = SETTINGS.iter().rposition(|s| s.table().is_none());
+        assert!(last_top < first_nested);
+    }
+
+    #[test]
     fn flags_are_unique() {
         let mut seen = BTreeSet::new();
         for s in SETTINGS {
-            for f in std::iter::once(&s.flag).chain(s.aliases) {
-                assert!(seen.insert(*f), "flag --{f} used twice");
+            let mut spellings = vec![s.flag()];
+            spellings.extend(s.aliases.iter().map(|a| (*a).to_owned()));
+            for f in spellings {
                 if s.kind == Kind::Switch {
-                    assert!(seen.insert(Box::leak(format!("no-{f}").into_boxed_str())));
+                    assert!(seen.insert(format!("no-{f}")), "--no-{f} used twice");
                 }
+                assert!(seen.insert(f.clone()), "--{f} used twice");
             }
         }
         for (f, _) in WAITRESS_NO_OPS {
-            assert!(seen.insert(*f), "no-op flag --{f} collides");
+            assert!(seen.insert((*f).to_owned()), "no-op flag --{f} collides");
+        }
+        for cli_only in ["config", "host", "port", "help", "version"] {
+            assert!(!seen.contains(cli_only), "--{cli_only} is reserved");
         }
     }
 
     #[test]
-    fn env_var_names_nest_with_double_underscore() {
+    fn names_are_derived_from_the_key() {
+        let s = by_key("limits.max_request_body_size").expect("setting");
+        assert_eq!(s.flag(), "limits-max-request-body-size");
+        assert_eq!(s.env_var(), "MAITRED_LIMITS__MAX_REQUEST_BODY_SIZE");
+        assert_eq!(s.aliases, ["max-request-body-size"]);
         assert_eq!(
-            env_var("limits.max_request_body_size"),
-            "MAITRED_LIMITS__MAX_REQUEST_BODY_SIZE"
+            (s.table(), s.leaf()),
+            (Some("limits"), "max_request_body_size")
         );
         assert_eq!(env_var("threads"), "MAITRED_THREADS");
+    }
+
+    #[test]
+    fn unset_defaults_have_an_example() {
+        let defaults = serde_json::to_value(Settings::default()).expect("serialize");
+        for s in SETTINGS {
+            let mut v = &defaults;
+            for part in s.key.split('.') {
+                v = &v[part];
+            }
+            if v.is_null() {
+                assert!(
+                    s.example.is_some(),
+                    "{} is unset by default but has no example",
+                    s.key
+                );
+            }
+        }
     }
 }

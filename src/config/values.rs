@@ -113,20 +113,18 @@ impl fmt::Display for Seconds {
     }
 }
 
+/// Sizes and durations serialize the way people type them ("16MiB",
+/// "120s"), which is what `config show` and `config defaults` print; the
+/// deserializers read that form back.
 impl Serialize for ByteSize {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        // Bare numbers keep the defaults layer typed like a hand-written file.
-        s.serialize_u64(self.0)
+        s.collect_str(self)
     }
 }
 
 impl Serialize for Seconds {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        if self.0.subsec_millis() == 0 {
-            s.serialize_u64(self.0.as_secs())
-        } else {
-            s.collect_str(self)
-        }
+        s.collect_str(self)
     }
 }
 
