@@ -57,7 +57,7 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("maitred: invalid configuration:");
             for problem in &e.problems {
-                eprintln!("  {problem}");
+                eprintln!("  {}", problem.replace('\n', "\n    "));
             }
             return ExitCode::from(EXIT_CONFIG);
         }

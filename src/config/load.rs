@@ -186,10 +186,17 @@ pub fn load(inv: &Invocation) -> Result<Loaded, LoadError> {
         .into_iter()
         .map(|p| render_problem(&fig, &p))
         .collect();
+    // A pending setting set to its default value changes nothing (the
+    // reference file lists every setting); any other value is refused.
+    let chosen = serde_json::to_value(&settings).unwrap_or_default();
+    let defaults = serde_json::to_value(Settings::default()).unwrap_or_default();
+    let at = |v: &'_ serde_json::Value, key: &str| {
+        key.split('.').fold(v.clone(), |v, part| v[part].clone())
+    };
     for s in SETTINGS {
         if let Status::Pending(work) = s.status {
             if let Some(md) = fig.find_metadata(s.key) {
-                if md.name != DEFAULTS {
+                if md.name != DEFAULTS && at(&chosen, s.key) != at(&defaults, s.key) {
                     problems.push(format!(
                         "{}: not yet supported by this version of maitred ({work} has not landed); \
                          remove it rather than rely on it (from {})",
@@ -302,10 +309,14 @@ fn render_value(v: &Value) -> String {
             let inner: Vec<String> = items.iter().map(render_value).collect();
             format!("[{}]", inner.join(", "))
         }
-        Value::Num(_, n) => match n.to_u128() {
-            Some(u) => u.to_string(),
-            None => format!("{n:?}"),
-        },
+        // figment splits numbers by sign and width; each accessor covers one
+        // family.
+        Value::Num(_, n) => n
+            .to_u128()
+            .map(|u| u.to_string())
+            .or_else(|| n.to_i128().map(|i| i.to_string()))
+            .or_else(|| n.to_f64().map(|f| f.to_string()))
+            .unwrap_or_else(|| format!("{n:?}")),
         Value::Bool(_, b) => b.to_string(),
         Value::Dict(..) => "a table".to_owned(),
         other => format!("{other:?}"),
@@ -330,7 +341,23 @@ fn render_figment_error(e: &figment::Error) -> String {
             format!("{key}.{field}: unknown setting (from {source})")
         }
         Kind::Message(msg) => match &e.metadata {
-            Some(md) => format!("{msg} (in {})", describe_source(md, &key)),
+            // A file that does not parse: say which, then the parser's own
+            // report (it points at the line and column).
+            Some(md) if key.is_empty() => match &md.source {
+                Some(Source::File(path)) => {
+                    format!(
+                        "{} is not a valid settings file: {}",
+                        path.display(),
+                        msg.trim_end()
+                    )
+                }
+                _ => format!("{} (in {})", msg.trim_end(), md.name),
+            },
+            Some(md) => format!(
+                "{key}: {} (from {})",
+                msg.trim_end(),
+                describe_source(md, &key)
+            ),
             None => msg.clone(),
         },
         _ => format!("{key}: {} (from {source})", e.kind),
