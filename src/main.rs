@@ -11,6 +11,7 @@ mod gateway;
 mod idle;
 mod interpreter;
 mod logging;
+mod proxy;
 mod server;
 mod wsgi;
 
@@ -188,6 +189,16 @@ fn run(settings: Settings) -> Result<(), Failure> {
     )
     .map_err(Failure::Other)?;
 
+    // Validated with the other settings; an error here would be a bug.
+    let proxy = proxy::ProxyConfig::from_settings(&settings.proxy, &settings.url_scheme)
+        .map_err(|p| Failure::Config(format!("proxy settings: {p:?}")))?;
+    if !settings.proxy.trusted.is_empty() && settings.proxy.headers.is_empty() {
+        tracing::warn!(
+            "proxy.trusted is set but proxy.headers is not: only X-Forwarded-Proto is believed \
+             (Waitress's old default); list the headers your proxy sets"
+        );
+    }
+    // The ident was checked to be printable ASCII with the other settings.
     let server_header = (!settings.ident.is_empty())
         .then(|| HeaderValue::from_str(&settings.ident))
         .transpose()
@@ -206,8 +217,9 @@ fn run(settings: Settings) -> Result<(), Failure> {
             } else {
                 "80"
             },
-            clear_proxy_headers: settings.proxy.clear_untrusted,
         },
+        proxy,
+        url_prefix_strict: settings.url_prefix_strict,
         max_body: settings.limits.max_request_body_size.0,
         inbuf_overflow: settings.limits.inbuf_overflow.as_usize(),
         server: server_header,
@@ -222,7 +234,7 @@ fn run(settings: Settings) -> Result<(), Failure> {
         .map_err(|e| Failure::Other(format!("cannot start the I/O runtime: {e}")))?;
     let listeners = server::bind(&settings).map_err(|e| Failure::Other(e.to_string()))?;
     for listener in &listeners {
-        tracing::info!("Serving on {}", listener.url());
+        tracing::info!("{}", listener.announcement());
     }
     let builder = server::http1_builder(&settings);
     runtime

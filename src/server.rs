@@ -21,12 +21,16 @@ use tokio::sync::{Semaphore, watch};
 use crate::config::{ListenSpec, Settings, display_addr};
 use crate::gateway::service::{self, Shared};
 use crate::idle::Idle;
+use crate::proxy::TrustList;
 use crate::wsgi::environ::Peer;
 
 /// A bound socket, before the runtime adopts it.
 pub enum Bound {
     Tcp(std::net::TcpListener, SocketAddr),
     Unix(std::os::unix::net::UnixListener, PathBuf),
+    /// A TCP listener whose connections start with a PROXY protocol header
+    /// from one of the trusted load balancers.
+    ProxyProtocol(std::net::TcpListener, SocketAddr, Arc<TrustList>),
 }
 
 impl Bound {
@@ -34,8 +38,22 @@ impl Bound {
     /// Waitress prints in its "Serving on" line, which tools scrape.
     pub fn url(&self) -> String {
         match self {
-            Bound::Tcp(_, addr) => format!("http://{}", display_addr(addr)),
+            Bound::Tcp(_, addr) | Bound::ProxyProtocol(_, addr, _) => {
+                format!("http://{}", display_addr(addr))
+            }
             Bound::Unix(_, path) => format!("http://unix:{}", path.display()),
+        }
+    }
+
+    /// The start-up line. PROXY-protocol listeners are announced
+    /// differently so tools looking for "Serving on" find only the plain
+    /// HTTP ones.
+    pub fn announcement(&self) -> String {
+        match self {
+            Bound::ProxyProtocol(..) => {
+                format!("Accepting PROXY protocol connections on {}", self.url())
+            }
+            _ => format!("Serving on {}", self.url()),
         }
     }
 }
@@ -65,7 +83,7 @@ pub fn bind(settings: &Settings) -> Result<Vec<Bound>, BindError> {
                 for addr in resolve(&host, port, settings.ipv4, settings.ipv6)? {
                     if bound
                         .iter()
-                        .any(|b| matches!(b, Bound::Tcp(_, a) if *a == addr))
+                        .any(|b| matches!(b, Bound::Tcp(_, a) | Bound::ProxyProtocol(_, a, _) if *a == addr))
                     {
                         continue;
                     }
@@ -80,6 +98,24 @@ pub fn bind(settings: &Settings) -> Result<Vec<Bound>, BindError> {
             ListenSpec::Unix { path, perms } => {
                 let listener = bind_unix(&path, perms, settings.backlog)?;
                 bound.push(Bound::Unix(listener, path));
+            }
+        }
+    }
+    let pp = &settings.proxy_protocol;
+    if !pp.listen.is_empty() {
+        let trusted = Arc::new(
+            TrustList::parse(&pp.trusted).map_err(|e| bind_error("proxy_protocol.trusted", e))?,
+        );
+        for entry in &pp.listen {
+            let (host, port) =
+                crate::config::parse_listen(entry).map_err(|e| bind_error(entry.clone(), e))?;
+            for addr in resolve(&host, port, settings.ipv4, settings.ipv6)? {
+                let listener = bind_tcp(addr, settings.backlog)
+                    .map_err(|e| bind_error(display_addr(&addr), e))?;
+                let local = listener
+                    .local_addr()
+                    .map_err(|e| bind_error(display_addr(&addr), e))?;
+                bound.push(Bound::ProxyProtocol(listener, local, Arc::clone(&trusted)));
             }
         }
     }
@@ -207,6 +243,9 @@ pub async fn serve(
         let listener = match bound {
             Bound::Tcp(l, _) => Listener::Tcp(TcpListener::from_std(l)?),
             Bound::Unix(l, _) => Listener::Unix(UnixListener::from_std(l)?),
+            Bound::ProxyProtocol(l, _, trusted) => {
+                Listener::ProxyProtocol(TcpListener::from_std(l)?, trusted)
+            }
         };
         tokio::spawn(accept_loop(listener, ctx));
     }
@@ -247,6 +286,7 @@ async fn wait_for_signal() -> std::io::Result<&'static str> {
     }
 }
 
+#[derive(Clone)]
 struct AcceptContext {
     shared: Arc<Shared>,
     /// `channel_timeout`: inactivity allowed while waiting on the client.
@@ -263,6 +303,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 enum Listener {
     Tcp(TcpListener),
     Unix(UnixListener),
+    ProxyProtocol(TcpListener, Arc<TrustList>),
 }
 
 impl Listener {
@@ -283,8 +324,117 @@ impl Listener {
                 let (stream, _) = l.accept().await?;
                 spawn_connection(stream, Peer::Unix, ctx, permit);
             }
+            Listener::ProxyProtocol(l, trusted) => {
+                let (stream, remote) = l.accept().await?;
+                if !trusted.trusts_ip(remote.ip()) {
+                    tracing::warn!(
+                        "refused a connection from {remote} on a PROXY protocol listener: \
+                         not in proxy_protocol.trusted"
+                    );
+                    return Ok(());
+                }
+                let _ = stream.set_nodelay(true);
+                let local = stream.local_addr()?;
+                let ctx = ctx.clone();
+                // The header is read on the connection's own task, so a slow
+                // balancer cannot hold up accepting.
+                tokio::spawn(async move {
+                    let mut stream = stream;
+                    match read_proxy_header(&mut stream, ctx.idle_timeout).await {
+                        Ok((source, rest)) => {
+                            let remote = source.unwrap_or(remote);
+                            let stream = Prefixed::new(rest, stream);
+                            spawn_connection(stream, Peer::Tcp { remote, local }, &ctx, permit);
+                        }
+                        Err(e) => tracing::warn!("closed a connection from {remote}: {e}"),
+                    }
+                });
+            }
         }
         Ok(())
+    }
+}
+
+/// Reads a PROXY protocol header; returns the client it names (if any)
+/// and the bytes that followed it.
+async fn read_proxy_header(
+    stream: &mut tokio::net::TcpStream,
+    timeout: Duration,
+) -> Result<(Option<SocketAddr>, bytes::Bytes), String> {
+    use crate::proxy::protocol::{self, Parsed};
+    let mut buf = bytes::BytesMut::with_capacity(256);
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match protocol::parse(&buf)? {
+            Parsed::Done { source, len } => return Ok((source, buf.split_off(len).freeze())),
+            Parsed::Incomplete => {}
+        }
+        let read = tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await;
+        match read {
+            Ok(Ok(0)) => return Err("the connection closed before a PROXY header".into()),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(format!("reading the PROXY header failed: {e}")),
+            Err(_) => return Err("no PROXY header within channel_timeout".into()),
+        }
+    }
+}
+
+/// A stream with bytes already read from it put back in front.
+struct Prefixed<S> {
+    prefix: bytes::Bytes,
+    io: S,
+}
+
+impl<S> Prefixed<S> {
+    fn new(prefix: bytes::Bytes, io: S) -> Self {
+        Prefixed { prefix, io }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix.split_to(n));
+            return std::task::Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, data)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 

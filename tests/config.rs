@@ -74,6 +74,7 @@ fn samples() -> Vec<(&'static str, &'static str, &'static str, Value)> {
         ("threads", "7", "7", json!(7)),
         ("url_scheme", "\"https\"", "https", json!("https")),
         ("url_prefix", "\"/app\"", "/app", json!("/app")),
+        ("url_prefix_strict", "true", "true", json!(true)),
         ("ident", "\"edge\"", "edge", json!("edge")),
         (
             "server_name",
@@ -110,7 +111,20 @@ fn samples() -> Vec<(&'static str, &'static str, &'static str, Value)> {
         ),
         ("limits.connection_limit", "10", "10", json!(10)),
         ("limits.channel_timeout", "\"30s\"", "30", json!("30s")),
+        (
+            "proxy.trusted",
+            "[\"10.0.0.0/8\", \"fd00::/8\"]",
+            "10.0.0.0/8 fd00::/8",
+            json!(["10.0.0.0/8", "fd00::/8"]),
+        ),
         ("proxy.clear_untrusted", "false", "no", json!(false)),
+        ("proxy.log_untrusted", "true", "true", json!(true)),
+        (
+            "proxy_protocol.listen",
+            "[\"127.0.0.1:9443\"]",
+            "127.0.0.1:9443",
+            json!(["127.0.0.1:9443"]),
+        ),
         ("log.level", "\"debug\"", "debug", json!("debug")),
         ("log.format", "\"json\"", "json", json!("json")),
     ]
@@ -148,33 +162,40 @@ fn every_setting_works_in_every_layer() {
         .keys()
         .map(String::as_str)
         .collect();
+    // Settings that are only valid together with another are covered by
+    // `paired_proxy_settings_in_every_layer`.
+    let paired = ["proxy.count", "proxy.headers", "proxy_protocol.trusted"];
     for key in &listed {
         let covered = samples.iter().any(|(k, ..)| k == key);
-        let pending = defaults[key]["source"] == "the built-in default"
-            && [
-                "proxy.trusted",
-                "proxy.count",
-                "proxy.headers",
-                "proxy.log_untrusted",
-            ]
-            .contains(key);
-        assert!(covered || pending, "no sample for {key}");
+        assert!(covered || paired.contains(key), "no sample for {key}");
     }
 
+    // What a setting needs beside it to be valid, given as flags.
+    let companion = |key: &str| -> Vec<String> {
+        match key {
+            "url_prefix_strict" => vec!["--url-prefix=/app".into()],
+            "proxy_protocol.listen" => vec!["--proxy-protocol-trusted=10.0.0.1".into()],
+            _ => Vec::new(),
+        }
+    };
     for (key, literal, text, expected) in samples {
         let file = write(dir.path(), "m.toml", &toml_for(key, literal));
-        let v = show(server().arg(format!("--config={file}")));
+        let v = show(
+            server()
+                .arg(format!("--config={file}"))
+                .args(companion(key)),
+        );
         assert_eq!(
             entry(&v, key),
             (&expected, format!("{file} (key `{key}`)").as_str()),
             "file: {key}"
         );
 
-        let v = show(server().env(&env_for(key), text));
+        let v = show(server().env(&env_for(key), text).args(companion(key)));
         let source = format!("environment variable {}", env_for(key));
         assert_eq!(entry(&v, key), (&expected, source.as_str()), "env: {key}");
 
-        let v = show(server().arg(flag_for(key, text)));
+        let v = show(server().arg(flag_for(key, text)).args(companion(key)));
         let (value, source) = entry(&v, key);
         assert_eq!(value, &expected, "flag: {key}");
         let flag = key.replace(['.', '_'], "-");
@@ -183,6 +204,94 @@ fn every_setting_works_in_every_layer() {
             "flag: {key}: {source}"
         );
     }
+}
+
+#[test]
+fn paired_proxy_settings_in_every_layer() {
+    let dir = common::scratch_dir("paired");
+    let file = write(
+        dir.path(),
+        "m.toml",
+        "[proxy]\ntrusted = [\"10.0.0.0/8\"]\ncount = 2\nheaders = [\"x-forwarded-for\", \"x-forwarded-proto\"]\n\
+         [proxy_protocol]\nlisten = [\"127.0.0.1:9443\"]\ntrusted = [\"10.0.0.9\"]\n",
+    );
+    let v = show(server().arg(format!("--config={file}")));
+    assert_eq!(entry(&v, "proxy.count").0, &json!(2));
+    assert_eq!(
+        entry(&v, "proxy.headers").0,
+        &json!(["x-forwarded-for", "x-forwarded-proto"])
+    );
+    assert_eq!(entry(&v, "proxy_protocol.trusted").0, &json!(["10.0.0.9"]));
+    let v = show(
+        server()
+            .env("MAITRED_PROXY__TRUSTED", "10.0.0.0/8, 192.168.1.7")
+            .env("MAITRED_PROXY__COUNT", "2")
+            .env("MAITRED_PROXY__HEADERS", "x-forwarded-for x-forwarded-host")
+            .env("MAITRED_PROXY_PROTOCOL__LISTEN", "127.0.0.1:9443")
+            .env("MAITRED_PROXY_PROTOCOL__TRUSTED", "10.0.0.9"),
+    );
+    assert_eq!(
+        entry(&v, "proxy.trusted").0,
+        &json!(["10.0.0.0/8", "192.168.1.7"])
+    );
+    assert_eq!(
+        entry(&v, "proxy.count"),
+        (&json!(2), "environment variable MAITRED_PROXY__COUNT")
+    );
+    assert_eq!(
+        entry(&v, "proxy_protocol.trusted").1,
+        "environment variable MAITRED_PROXY_PROTOCOL__TRUSTED"
+    );
+    let v = show(server().args([
+        "--trusted-proxy=10.0.0.1",
+        "--trusted-proxy-count=3",
+        "--trusted-proxy-headers=x-forwarded-for x-forwarded-proto",
+        "--proxy-protocol-listen=127.0.0.1:9443",
+        "--proxy-protocol-trusted=*",
+    ]));
+    assert_eq!(
+        entry(&v, "proxy.count"),
+        (&json!(3), "flag --proxy-count / --trusted-proxy-count")
+    );
+    assert_eq!(
+        entry(&v, "proxy.headers").0,
+        &json!(["x-forwarded-for", "x-forwarded-proto"])
+    );
+    assert_eq!(entry(&v, "proxy_protocol.trusted").0, &json!(["*"]));
+}
+
+#[test]
+fn invalid_trust_lists_name_key_value_and_source() {
+    let (code, err) = check(server().env("MAITRED_PROXY__TRUSTED", "10.0.0.0/8, 10.0.0.300/8"));
+    assert_eq!(code, Some(2));
+    assert_eq!(
+        problems(&err),
+        [
+            "proxy.trusted: `10.0.0.300/8` is not an IP address, a CIDR range (10.0.0.0/8, fd00::/8), `*`, `unix` or `localhost` (value \"10.0.0.0/8, 10.0.0.300/8\", from environment variable MAITRED_PROXY__TRUSTED)"
+        ]
+    );
+    let (_, err) = check(server().args([
+        "--trusted-proxy=*",
+        "--trusted-proxy-headers=forwarded x-forwarded-for",
+    ]));
+    assert!(
+        problems(&err)[0].starts_with(
+            "proxy.headers: `forwarded` cannot be combined with x-forwarded-* headers"
+        ),
+        "{err}"
+    );
+    let (_, err) = check(server().arg("--trusted-proxy-count=2"));
+    assert_eq!(
+        problems(&err),
+        [
+            "proxy.count: has no effect without proxy.trusted (value 2, from flag --proxy-count / --trusted-proxy-count)"
+        ]
+    );
+    let (_, err) = check(server().arg("--proxy-protocol-listen=127.0.0.1:0"));
+    assert!(
+        problems(&err)[0].starts_with("proxy_protocol.trusted: is empty"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -298,24 +298,6 @@ fn values_beyond_sane_bounds_are_configuration_errors() {
 }
 
 #[test]
-fn settings_not_yet_supported_are_refused_not_ignored() {
-    for flag in [
-        "--trusted-proxy=10.0.0.1",
-        "--trusted-proxy-count=2",
-        "--trusted-proxy-headers=x-forwarded-for",
-        "--log-untrusted-proxy-headers",
-    ] {
-        let out = server().args([flag, "behaviours:app"]).run();
-        assert_eq!(out.code(), Some(2), "{flag}: {}", out.stderr);
-        assert!(
-            out.stderr.contains("not yet supported"),
-            "{flag}: {}",
-            out.stderr
-        );
-    }
-}
-
-#[test]
 fn usage_errors_exit_2() {
     let out = server().args(["--no-such-flag"]).run();
     assert_eq!(out.code(), Some(2));

@@ -64,6 +64,9 @@ pub struct Settings {
     /// Mount point of the app: becomes `SCRIPT_NAME`.
     #[serde(deserialize_with = "values::string")]
     pub url_prefix: String,
+    /// Answer 404 for paths outside `url_prefix` instead of passing them on.
+    #[serde(deserialize_with = "values::bool")]
+    pub url_prefix_strict: bool,
     /// `Server` header and `SERVER_SOFTWARE`; empty omits the header.
     #[serde(deserialize_with = "values::string")]
     pub ident: String,
@@ -76,7 +79,21 @@ pub struct Settings {
 
     pub limits: Limits,
     pub proxy: Proxy,
+    pub proxy_protocol: ProxyProtocol,
     pub log: Log,
+}
+
+/// Listeners that sit behind a TCP load balancer speaking the PROXY
+/// protocol (AWS NLB, HAProxy), and which balancers may speak it.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyProtocol {
+    /// Extra listeners on which every connection starts with a PROXY header.
+    #[serde(deserialize_with = "values::list")]
+    pub listen: Vec<String>,
+    /// Peers allowed to send it (IPs, CIDR ranges, `*`).
+    #[serde(deserialize_with = "values::list")]
+    pub trusted: Vec<String>,
 }
 
 /// Sizes, counts and timeouts that bound what one client can cost.
@@ -164,11 +181,13 @@ impl Default for Settings {
             threads: 4,
             url_scheme: "http".to_owned(),
             url_prefix: String::new(),
+            url_prefix_strict: false,
             ident: "maitred".to_owned(),
             server_name: "maitred.invalid".to_owned(),
             expose_tracebacks: false,
             limits: Limits::default(),
             proxy: Proxy::default(),
+            proxy_protocol: ProxyProtocol::default(),
             log: Log::default(),
         }
     }
@@ -320,6 +339,36 @@ impl Settings {
             problems.push(Problem::new(
                 "limits.channel_timeout",
                 "must be longer than 0s and at most 7 days",
+            ));
+        }
+        if let Err(proxy_problems) =
+            crate::proxy::ProxyConfig::from_settings(&self.proxy, &self.url_scheme)
+        {
+            problems.extend(
+                proxy_problems
+                    .into_iter()
+                    .map(|(key, message)| Problem { key, message }),
+            );
+        }
+        let pp = &self.proxy_protocol;
+        if let Err(e) = crate::proxy::TrustList::parse(&pp.trusted) {
+            problems.push(Problem::new("proxy_protocol.trusted", e));
+        }
+        if !pp.listen.is_empty() && pp.trusted.is_empty() {
+            problems.push(Problem::new(
+                "proxy_protocol.trusted",
+                "is empty: list the load balancers allowed to send PROXY headers (or `*`)",
+            ));
+        }
+        for entry in &pp.listen {
+            if let Err(e) = parse_listen(entry) {
+                problems.push(Problem::new("proxy_protocol.listen", e));
+            }
+        }
+        if self.url_prefix_strict && self.script_name().is_empty() {
+            problems.push(Problem::new(
+                "url_prefix_strict",
+                "needs a url_prefix: with none every path is inside it",
             ));
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {

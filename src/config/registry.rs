@@ -108,14 +108,13 @@ const fn example(mut s: Setting, value: &'static str) -> Setting {
     s
 }
 
+#[allow(dead_code)] // for settings whose behaviour lands later
 const fn pending(mut s: Setting, work: &'static str) -> Setting {
     s.status = Status::Pending(work);
     s
 }
 
 use Kind::{List, Switch, Value};
-
-const PROXY_WORK: &str = "trusted-proxy support";
 
 #[rustfmt::skip]
 pub static SETTINGS: &[Setting] = &[
@@ -132,6 +131,7 @@ pub static SETTINGS: &[Setting] = &[
     setting("threads", Value, "N", "Python threads running the application"),
     setting("url_scheme", Value, "SCHEME", "Default wsgi.url_scheme: http or https"),
     setting("url_prefix", Value, "PATH", "Mount point of the app; becomes SCRIPT_NAME (paths outside it pass unchanged)"),
+    setting("url_prefix_strict", Switch, "", "Answer 404 for paths outside url_prefix instead of passing them through unchanged (Waitress)"),
     setting("ident", Value, "NAME", "Server header and SERVER_SOFTWARE; empty omits the header"),
     setting("server_name", Value, "NAME", "SERVER_NAME in the environ (never taken from Host)"),
     setting("expose_tracebacks", Switch, "", "Put the traceback into the body of 500 responses (never in production)"),
@@ -143,11 +143,13 @@ pub static SETTINGS: &[Setting] = &[
     aliased(setting("limits.outbuf_high_watermark", Value, "SIZE", "The app's thread waits while more than this is waiting to be sent"), &["outbuf-high-watermark"]),
     aliased(setting("limits.connection_limit", Value, "N", "Open connections at which maitred stops accepting"), &["connection-limit"]),
     aliased(setting("limits.channel_timeout", Value, "DURATION", "A connection waiting this long on its client (idle, stalled upload, unread response, unfinished head) is closed"), &["channel-timeout"]),
-    pending(example(aliased(setting("proxy.trusted", List, "ADDR", "Peers whose forwarding headers are trusted: IPs, CIDR ranges, * or unix"), &["trusted-proxy"]), "[\"10.0.0.0/8\", \"127.0.0.1\"]"), PROXY_WORK),
-    pending(example(aliased(setting("proxy.count", Value, "N", "Number of trusted proxy hops"), &["trusted-proxy-count"]), "1"), PROXY_WORK),
-    pending(example(aliased(setting("proxy.headers", List, "HEADER", "Forwarding headers believed from trusted proxies"), &["trusted-proxy-headers"]), "[\"x-forwarded-for\", \"x-forwarded-proto\"]"), PROXY_WORK),
+    aliased(setting("proxy.trusted", List, "ADDR", "Peers whose forwarding headers are believed: IPs, CIDR ranges, * (any), unix (Unix-socket peers), localhost (loopback and Unix sockets)"), &["trusted-proxy"]),
+    example(aliased(setting("proxy.count", Value, "N", "Proxy hops to believe; unset walks the chain past trusted addresses (one hop for *)"), &["trusted-proxy-count"]), "2"),
+    aliased(setting("proxy.headers", List, "HEADER", "Forwarding headers believed from trusted peers: x-forwarded-for, -host, -proto, -port, -by, -prefix, or forwarded; unset with a trusted peer means x-forwarded-proto only (Waitress)"), &["trusted-proxy-headers"]),
     aliased(setting("proxy.clear_untrusted", Switch, "", "Remove forwarding headers that are not trusted before the app sees them"), &["clear-untrusted-proxy-headers"]),
-    pending(aliased(setting("proxy.log_untrusted", Switch, "", "Log the untrusted forwarding headers that were removed"), &["log-untrusted-proxy-headers"]), PROXY_WORK),
+    aliased(setting("proxy.log_untrusted", Switch, "", "Log the untrusted forwarding headers that were removed"), &["log-untrusted-proxy-headers"]),
+    setting("proxy_protocol.listen", List, "HOST:PORT", "Extra listeners where every connection starts with a PROXY protocol (v1 or v2) header, as from AWS NLB or HAProxy"),
+    setting("proxy_protocol.trusted", List, "ADDR", "Load balancers allowed to connect to those listeners: IPs, CIDR ranges or *"),
     setting("log.level", Value, "LEVEL", "error, warn, info, debug, trace, or a tracing filter such as maitred=debug (RUST_LOG wins)"),
     setting("log.format", Value, "FORMAT", "text or json"),
 ];

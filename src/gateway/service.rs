@@ -18,6 +18,7 @@ use tokio::sync::oneshot;
 
 use super::body::ResponseBody;
 use super::policy::{self, Rejection};
+use crate::proxy::{Outcome, ProxyConfig};
 use crate::wsgi::environ::{self, EnvironConfig, Head, Peer};
 use crate::wsgi::{AppBody, Call, Pool, Reply, RequestBody};
 
@@ -25,6 +26,9 @@ use crate::wsgi::{AppBody, Call, Pool, Reply, RequestBody};
 pub struct Shared {
     pub pool: Pool,
     pub environ: EnvironConfig,
+    pub proxy: ProxyConfig,
+    /// 404 for paths outside `url_prefix`.
+    pub url_prefix_strict: bool,
     pub max_body: u64,
     pub inbuf_overflow: usize,
     /// `Server` header value; `None` when `ident` is empty.
@@ -44,6 +48,12 @@ pub async fn handle(
     {
         return Ok(reject(&shared, parts.version, rejection));
     }
+    // Forwarding headers are judged before the body is read: a malformed
+    // one from a trusted proxy refuses the request as a whole.
+    let outcome = match forwarding(&shared.proxy, &peer, &parts.headers) {
+        Ok(outcome) => outcome,
+        Err(rejection) => return Ok(reject(&shared, parts.version, rejection)),
+    };
     let received = match receive(body, &parts, &shared).await {
         Ok(received) => received,
         Err(rejection) => return Ok(reject(&shared, parts.version, rejection)),
@@ -55,7 +65,18 @@ pub async fn handle(
         headers: &parts.headers,
         body_len: received.framed.then_some(received.len),
     };
-    let cgi = environ::cgi_vars(&head, &peer, &shared.environ);
+    let cgi = environ::cgi_vars(&head, &peer, &shared.environ, &outcome);
+    if shared.url_prefix_strict && cgi.outside_prefix {
+        let detail = format!(
+            "The path is outside the application's mount point {}",
+            shared.environ.script_name
+        );
+        return Ok(reject(
+            &shared,
+            parts.version,
+            Rejection::new(StatusCode::NOT_FOUND, detail),
+        ));
+    }
     let uri: Arc<str> = Arc::from(parts.uri.to_string());
     let (tx, rx) = oneshot::channel();
     let call = Call {
@@ -90,6 +111,44 @@ pub async fn handle(
         }
     };
     Ok(respond(&shared, &parts, reply, uri))
+}
+
+/// Applies the trusted-proxy rules, logging what Waitress logs.
+fn forwarding(
+    proxy: &ProxyConfig,
+    peer: &Peer,
+    headers: &http::HeaderMap,
+) -> Result<Outcome, Rejection> {
+    let peer_ip = match peer {
+        Peer::Tcp { remote, .. } => Some(remote.ip()),
+        Peer::Unix => None,
+    };
+    let shown = || peer_ip.map_or_else(|| "unix".to_owned(), |ip| ip.to_canonical().to_string());
+    match proxy.outcome(peer_ip, headers) {
+        Ok(outcome) => {
+            if proxy.log_untrusted && !outcome.removed_present.is_empty() {
+                tracing::warn!(
+                    "Removed untrusted headers ({}). Untrusted remote IP: {}",
+                    crate::proxy::names(outcome.removed_present),
+                    shown()
+                );
+            }
+            for note in &outcome.notes {
+                tracing::warn!("{note} (from {})", shown());
+            }
+            Ok(outcome)
+        }
+        Err(m) => {
+            tracing::warn!(
+                "Malformed proxy header \"{}\" from \"{}\": {} value: {}",
+                m.header,
+                shown(),
+                m.reason,
+                m.value
+            );
+            Err(Rejection::new(StatusCode::BAD_REQUEST, m.detail()))
+        }
+    }
 }
 
 /// Whether the request carries body framing at all (Content-Length or

@@ -9,6 +9,8 @@ use std::net::SocketAddr;
 
 use http::{HeaderMap, Uri, Version};
 
+use crate::proxy::{Header, Outcome};
+
 /// Per-request environ keys. Keys that are the same for every request
 /// (`SERVER_NAME`, `SCRIPT_NAME`, `wsgi.*`) live in the worker's template
 /// dict instead.
@@ -25,10 +27,17 @@ pub enum Var {
     RemoteAddr,
     RemoteHost,
     RemotePort,
+    /// Overrides of template entries, set only when a trusted proxy says so.
+    UrlScheme,
+    ServerName,
+    ScriptName,
+    /// The connection's own peer, kept when a proxy rewrote REMOTE_ADDR.
+    PeerAddr,
+    PeerPort,
 }
 
 impl Var {
-    pub const ALL: [Var; 11] = [
+    pub const ALL: [Var; 16] = [
         Var::RequestMethod,
         Var::PathInfo,
         Var::QueryString,
@@ -40,6 +49,11 @@ impl Var {
         Var::RemoteAddr,
         Var::RemoteHost,
         Var::RemotePort,
+        Var::UrlScheme,
+        Var::ServerName,
+        Var::ScriptName,
+        Var::PeerAddr,
+        Var::PeerPort,
     ];
 
     pub fn name(self) -> &'static str {
@@ -55,6 +69,11 @@ impl Var {
             Var::RemoteAddr => "REMOTE_ADDR",
             Var::RemoteHost => "REMOTE_HOST",
             Var::RemotePort => "REMOTE_PORT",
+            Var::UrlScheme => "wsgi.url_scheme",
+            Var::ServerName => "SERVER_NAME",
+            Var::ScriptName => "SCRIPT_NAME",
+            Var::PeerAddr => "maitred.peer_addr",
+            Var::PeerPort => "maitred.peer_port",
         }
     }
 }
@@ -64,6 +83,8 @@ impl Var {
 pub struct CgiVars {
     pub vars: Vec<(Var, String)>,
     pub headers: Vec<(String, String)>,
+    /// The path lies outside `url_prefix` (passed through unchanged).
+    pub outside_prefix: bool,
 }
 
 impl CgiVars {
@@ -100,19 +121,7 @@ pub struct EnvironConfig {
     pub script_name: String,
     /// Port reported for Unix-socket requests, which have none.
     pub unix_port: &'static str,
-    /// Drop forwarding headers: none is trusted until proxy support lands.
-    pub clear_proxy_headers: bool,
 }
-
-/// Headers only a trusted proxy may set. Waitress's list.
-const PROXY_HEADERS: &[&str] = &[
-    "forwarded",
-    "x-forwarded-by",
-    "x-forwarded-for",
-    "x-forwarded-host",
-    "x-forwarded-port",
-    "x-forwarded-proto",
-];
 
 /// What one request looks like to the environ builder.
 pub struct Head<'a> {
@@ -125,35 +134,57 @@ pub struct Head<'a> {
     pub body_len: Option<u64>,
 }
 
-pub fn cgi_vars(head: &Head<'_>, peer: &Peer, cfg: &EnvironConfig) -> CgiVars {
+/// The environ entries of a request, with what trusted proxies said
+/// (`outcome`) applied.
+pub fn cgi_vars(head: &Head<'_>, peer: &Peer, cfg: &EnvironConfig, outcome: &Outcome) -> CgiVars {
     let mut vars = Vec::with_capacity(12);
     vars.push((Var::RequestMethod, head.method.to_owned()));
-    vars.push((Var::PathInfo, path_info(head.uri.path(), &cfg.script_name)));
+    let (path, inside) = path_info(head.uri.path(), &cfg.script_name);
+    vars.push((Var::PathInfo, path));
     vars.push((Var::QueryString, head.uri.query().unwrap_or("").to_owned()));
     vars.push((Var::RequestUri, head.uri.to_string()));
     vars.push((Var::ServerProtocol, protocol(head.version).to_owned()));
-    match peer {
-        Peer::Tcp { remote, local } => {
-            let addr = remote.ip().to_canonical().to_string();
-            vars.push((Var::RemoteHost, addr.clone()));
-            vars.push((Var::RemoteAddr, addr));
-            vars.push((Var::RemotePort, remote.port().to_string()));
-            vars.push((Var::ServerPort, local.port().to_string()));
-        }
+    let (addr, port, server_port) = match peer {
+        Peer::Tcp { remote, local } => (
+            remote.ip().to_canonical().to_string(),
+            remote.port().to_string(),
+            local.port().to_string(),
+        ),
         // Waitress reports "localhost" and the string "None"; the port of a
         // Unix socket is reported as the scheme's default so code that
         // rebuilds URLs from SERVER_PORT gets a sensible answer.
-        Peer::Unix => {
-            vars.push((Var::RemoteHost, "localhost".to_owned()));
-            vars.push((Var::RemoteAddr, "localhost".to_owned()));
-            vars.push((Var::RemotePort, String::new()));
-            vars.push((Var::ServerPort, cfg.unix_port.to_owned()));
-        }
+        Peer::Unix => (
+            "localhost".to_owned(),
+            String::new(),
+            cfg.unix_port.to_owned(),
+        ),
+    };
+    if outcome.remote_addr.is_some() {
+        vars.push((Var::PeerAddr, addr.clone()));
+        vars.push((Var::PeerPort, port.clone()));
+    }
+    let remote_addr = outcome.remote_addr.clone().unwrap_or(addr);
+    vars.push((Var::RemoteHost, remote_addr.clone()));
+    vars.push((Var::RemoteAddr, remote_addr));
+    vars.push((Var::RemotePort, outcome.remote_port.clone().unwrap_or(port)));
+    vars.push((
+        Var::ServerPort,
+        outcome.server_port.clone().unwrap_or(server_port),
+    ));
+    if let Some(scheme) = &outcome.url_scheme {
+        vars.push((Var::UrlScheme, scheme.clone()));
+    }
+    if let Some(name) = &outcome.server_name {
+        vars.push((Var::ServerName, name.clone()));
+    }
+    if let Some(prefix) = &outcome.prefix {
+        vars.push((Var::ScriptName, format!("{prefix}{}", cfg.script_name)));
     }
     if let Some(len) = head.body_len {
         vars.push((Var::ContentLength, len.to_string()));
     }
     let mut headers: Vec<(String, String)> = Vec::with_capacity(head.headers.keys_len());
+    let mut rewritten = crate::proxy::HeaderSet::NONE;
     for (name, value) in head.headers {
         let name = name.as_str();
         match name {
@@ -165,6 +196,7 @@ pub fn cgi_vars(head: &Head<'_>, peer: &Peer, cfg: &EnvironConfig) -> CgiVars {
             // de-chunked before the app sees it, so Transfer-Encoding would
             // only mislead (Waitress drops it too).
             "content-length" | "transfer-encoding" => continue,
+            "host" if outcome.http_host.is_some() => continue,
             _ => {}
         }
         // `X_Forwarded_For` must not be able to pose as `X-Forwarded-For`
@@ -173,8 +205,18 @@ pub fn cgi_vars(head: &Head<'_>, peer: &Peer, cfg: &EnvironConfig) -> CgiVars {
         if name.contains('_') {
             continue;
         }
-        if cfg.clear_proxy_headers && PROXY_HEADERS.contains(&name) {
-            continue;
+        if let Some(h) = Header::from_name(name) {
+            if outcome.remove.contains(h) {
+                continue;
+            }
+            if let Some((_, v)) = outcome.rewrite.iter().find(|(r, _)| *r == h) {
+                // A rewritten header replaces all its lines, once.
+                if !rewritten.contains(h) {
+                    rewritten.insert(h);
+                    headers.push((header_key(name), v.clone()));
+                }
+                continue;
+            }
         }
         let key = header_key(name);
         let value = latin1(value.as_bytes());
@@ -188,7 +230,14 @@ pub fn cgi_vars(head: &Head<'_>, peer: &Peer, cfg: &EnvironConfig) -> CgiVars {
             None => headers.push((key, value)),
         }
     }
-    CgiVars { vars, headers }
+    if let Some(host) = &outcome.http_host {
+        headers.push(("HTTP_HOST".to_owned(), host.clone()));
+    }
+    CgiVars {
+        vars,
+        headers,
+        outside_prefix: !inside,
+    }
 }
 
 pub fn protocol(version: Version) -> &'static str {
@@ -221,7 +270,8 @@ pub fn latin1(bytes: &[u8]) -> String {
 /// Percent-decodes the path, collapses its leading slashes and applies the
 /// `url_prefix` the way Waitress does: a path outside the prefix passes
 /// through unchanged (no 404), with SCRIPT_NAME still set to the prefix.
-pub fn path_info(raw_path: &str, script_name: &str) -> String {
+/// The flag says whether the path was inside the prefix.
+pub fn path_info(raw_path: &str, script_name: &str) -> (String, bool) {
     let decoded = percent_decode(raw_path.as_bytes());
     let start = decoded
         .iter()
@@ -233,16 +283,16 @@ pub fn path_info(raw_path: &str, script_name: &str) -> String {
         &decoded
     };
     let prefix = script_name.as_bytes();
-    let path = if prefix.is_empty() {
-        path
+    let (path, inside): (&[u8], bool) = if prefix.is_empty() {
+        (path, true)
     } else if path == prefix {
-        b""
+        (b"", true)
     } else if path.starts_with(prefix) && path.get(prefix.len()) == Some(&b'/') {
-        &path[prefix.len()..]
+        (&path[prefix.len()..], true)
     } else {
-        path
+        (path, false)
     };
-    latin1(path)
+    (latin1(path), inside)
 }
 
 /// `%41` becomes `A`; malformed escapes stay as they are
@@ -284,7 +334,14 @@ mod tests {
         EnvironConfig {
             script_name: String::new(),
             unix_port: "80",
-            clear_proxy_headers: true,
+        }
+    }
+
+    /// What the proxy stage gives a request from an untrusted peer.
+    fn untrusted() -> Outcome {
+        Outcome {
+            remove: crate::proxy::HeaderSet::ALL,
+            ..Outcome::default()
         }
     }
 
@@ -295,7 +352,7 @@ mod tests {
         }
     }
 
-    fn build(uri: &str, headers: &[(&str, &[u8])], cfg: &EnvironConfig) -> CgiVars {
+    fn build(uri: &str, headers: &[(&str, &[u8])], outcome: &Outcome) -> CgiVars {
         let uri: Uri = uri.parse().expect("uri");
         let mut map = HeaderMap::new();
         for (name, value) in headers {
@@ -311,12 +368,12 @@ mod tests {
             headers: &map,
             body_len: None,
         };
-        cgi_vars(&head, &tcp(), cfg)
+        cgi_vars(&head, &tcp(), &cfg(), outcome)
     }
 
     #[test]
     fn basic_cgi_variables() {
-        let env = build("/a%20b/c?x=%20y", &[], &cfg());
+        let env = build("/a%20b/c?x=%20y", &[], &untrusted());
         assert_eq!(env.get(Var::PathInfo), Some("/a b/c"));
         assert_eq!(env.get(Var::QueryString), Some("x=%20y"), "query stays raw");
         assert_eq!(env.get(Var::RequestUri), Some("/a%20b/c?x=%20y"));
@@ -347,7 +404,7 @@ mod tests {
                 ("transfer-encoding", b"chunked"),
                 ("x-latin", b"caf\xe9"),
             ],
-            &cfg(),
+            &untrusted(),
         );
         assert_eq!(env.header("HTTP_X_A"), Some("1, 2"));
         assert_eq!(env.header("HTTP_COOKIE"), Some("a=1; b=2"));
@@ -365,33 +422,29 @@ mod tests {
 
     #[test]
     fn proxy_headers_kept_when_clearing_is_off() {
-        let cfg = EnvironConfig {
-            clear_proxy_headers: false,
-            ..cfg()
-        };
-        let env = build("/", &[("x-forwarded-for", b"1.2.3.4")], &cfg);
+        let env = build("/", &[("x-forwarded-for", b"1.2.3.4")], &Outcome::default());
         assert_eq!(env.header("HTTP_X_FORWARDED_FOR"), Some("1.2.3.4"));
     }
 
     #[test]
     fn path_info_follows_waitress() {
-        assert_eq!(path_info("//x//y", ""), "/x//y");
-        assert_eq!(path_info("/a%2Fb", ""), "/a/b");
-        assert_eq!(path_info("/caf%E9", ""), "/café");
-        assert_eq!(path_info("/bad%zz", ""), "/bad%zz");
-        assert_eq!(path_info("*", ""), "*");
+        assert_eq!(path_info("//x//y", "").0, "/x//y");
+        assert_eq!(path_info("/a%2Fb", "").0, "/a/b");
+        assert_eq!(path_info("/caf%E9", "").0, "/café");
+        assert_eq!(path_info("/bad%zz", "").0, "/bad%zz");
+        assert_eq!(path_info("*", "").0, "*");
         // Waitress's url_prefix table (notes §3).
-        assert_eq!(path_info("/app/x/y", "/app"), "/x/y");
-        assert_eq!(path_info("/app", "/app"), "");
-        assert_eq!(path_info("/app/", "/app"), "/");
-        assert_eq!(path_info("/application", "/app"), "/application");
-        assert_eq!(path_info("/other", "/app"), "/other");
-        assert_eq!(path_info("/%61pp/z", "/app"), "/z");
+        assert_eq!(path_info("/app/x/y", "/app").0, "/x/y");
+        assert_eq!(path_info("/app", "/app").0, "");
+        assert_eq!(path_info("/app/", "/app").0, "/");
+        assert_eq!(path_info("/application", "/app").0, "/application");
+        assert_eq!(path_info("/other", "/app").0, "/other");
+        assert_eq!(path_info("/%61pp/z", "/app").0, "/z");
     }
 
     #[test]
     fn absolute_form_uses_only_the_path() {
-        let env = build("http://other:81/p/q?z=1", &[], &cfg());
+        let env = build("http://other:81/p/q?z=1", &[], &untrusted());
         assert_eq!(env.get(Var::PathInfo), Some("/p/q"));
         assert_eq!(env.get(Var::QueryString), Some("z=1"));
         assert_eq!(env.get(Var::RequestUri), Some("http://other:81/p/q?z=1"));
@@ -407,7 +460,7 @@ mod tests {
             headers: &HeaderMap::new(),
             body_len: Some(0),
         };
-        let env = cgi_vars(&head, &Peer::Unix, &cfg());
+        let env = cgi_vars(&head, &Peer::Unix, &cfg(), &untrusted());
         assert_eq!(env.get(Var::RemoteAddr), Some("localhost"));
         assert_eq!(env.get(Var::ServerPort), Some("80"));
         assert_eq!(env.get(Var::ServerProtocol), Some("HTTP/1.0"));
