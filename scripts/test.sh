@@ -25,6 +25,16 @@ then
     exit 1
 fi
 
+# The proxy tests run real nginx and HAProxy (Debian's packages).
+if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ] || \
+   ! command -v haproxy >/dev/null 2>&1 && [ ! -x /usr/sbin/haproxy ]; then
+    echo "==> installing nginx and haproxy (for the proxy tests)"
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq nginx-light haproxy >/dev/null
+fi
+
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy"
