@@ -723,3 +723,95 @@ fn every_waitress_option_has_a_migration_entry() {
         );
     }
 }
+
+/// `KEY=VALUE` lines of an env file (comments and blanks skipped).
+fn env_file(path: &Path) -> Vec<(String, String)> {
+    std::fs::read_to_string(path)
+        .expect("env file")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let (k, v) = l.split_once('=').expect("KEY=VALUE");
+            (k.to_owned(), v.to_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn the_examples_are_valid_configurations() {
+    let examples = common::project_dir().join("config/examples");
+    let nginx = examples.join("nginx-same-host.toml");
+    let v = show(server().arg(format!("--config={}", nginx.display())));
+    assert_eq!(
+        entry(&v, "unix_socket").0,
+        &json!("/run/maitred/myproject.sock")
+    );
+    assert_eq!(entry(&v, "proxy.trusted").0, &json!(["unix"]));
+
+    let k8s = examples.join("kubernetes-sidecar.toml");
+    let v = show(server().arg(format!("--config={}", k8s.display())));
+    assert_eq!(entry(&v, "listen").0, &json!(["127.0.0.1:8080"]));
+    assert_eq!(entry(&v, "proxy.count").0, &json!(2));
+    assert_eq!(entry(&v, "log.format").0, &json!("json"));
+
+    let mut build = server();
+    for (k, v) in env_file(&examples.join("container.env")) {
+        build = build.env(&k, v);
+    }
+    let v = show(build);
+    assert_eq!(
+        entry(&v, "threads"),
+        (&json!(8), "environment variable MAITRED_THREADS")
+    );
+    assert_eq!(
+        entry(&v, "proxy.trusted").0,
+        &json!(["10.0.0.0/8", "172.16.0.0/12"])
+    );
+    assert_eq!(entry(&v, "limits.max_request_body_size").0, &json!("10MiB"));
+
+    // Nothing else lurks in the directory untested.
+    let mut names: Vec<String> = std::fs::read_dir(&examples)
+        .expect("examples")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "container.env",
+            "kubernetes-sidecar.toml",
+            "nginx-same-host.toml"
+        ]
+    );
+}
+
+#[test]
+fn every_toml_snippet_in_the_docs_is_a_valid_configuration() {
+    let dir = common::scratch_dir("snippets");
+    let mut docs = vec![common::project_dir().join("README.md")];
+    for entry in std::fs::read_dir(common::project_dir().join("docs")).expect("docs") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "md") {
+            docs.push(path);
+        }
+    }
+    let mut checked = 0;
+    for doc in docs {
+        let text = std::fs::read_to_string(&doc).expect("doc");
+        for (i, block) in text.split("```toml\n").skip(1).enumerate() {
+            let snippet = block.split("```").next().unwrap_or_default();
+            let file = write(dir.path(), &format!("snippet-{i}.toml"), snippet);
+            let (code, err) = check(server().arg(format!("--config={file}")));
+            assert_eq!(
+                code,
+                Some(0),
+                "{} snippet {i}:\n{snippet}\n{err}",
+                doc.display()
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 5, "only {checked} snippets found: is the scan broken?");
+}
