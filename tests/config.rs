@@ -813,5 +813,8 @@ fn every_toml_snippet_in_the_docs_is_a_valid_configuration() {
             checked += 1;
         }
     }
-    assert!(checked >= 5, "only {checked} snippets found: is the scan broken?");
+    assert!(
+        checked >= 5,
+        "only {checked} snippets found: is the scan broken?"
+    );
 }
