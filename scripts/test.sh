@@ -25,14 +25,20 @@ then
     exit 1
 fi
 
-# The proxy tests run real nginx and HAProxy (Debian's packages).
-if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ] || \
-   ! command -v haproxy >/dev/null 2>&1 && [ ! -x /usr/sbin/haproxy ]; then
-    echo "==> installing nginx and haproxy (for the proxy tests)"
+# Debian packages some tests drive: real nginx and HAProxy for the proxy
+# tests, `ss` (iproute2) to read a listener's backlog.
+have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]; }
+missing=""
+have nginx || missing="$missing nginx-light"
+have haproxy || missing="$missing haproxy"
+have ss || missing="$missing iproute2"
+if [ -n "$missing" ]; then
+    echo "==> installing$missing (used by the tests)"
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq nginx-light haproxy >/dev/null
+    # shellcheck disable=SC2086 # one word per package
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq $missing >/dev/null
 fi
 
 echo "==> cargo fmt --check"

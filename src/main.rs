@@ -5,10 +5,11 @@
 //! import exits 1 with its traceback), then the sockets, so that the
 //! "Serving on" line means the server really is ready.
 
+mod admin;
 mod cli;
 mod config;
+mod connection;
 mod gateway;
-mod idle;
 mod interpreter;
 mod logging;
 mod proxy;
@@ -17,7 +18,6 @@ mod wsgi;
 
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use ::http::HeaderValue;
 
@@ -31,10 +31,10 @@ const EXIT_CONFIG: u8 = 2;
 /// Exit status when Python, the app or a socket cannot be set up.
 const EXIT_FAILURE: u8 = 1;
 
-/// How long in-flight requests get to finish after SIGTERM/SIGINT.
-const DRAIN: Duration = Duration::from_secs(5);
-
 fn main() -> ExitCode {
+    // Before anything else: systemd's sockets must be claimed while the
+    // process has one thread and no other descriptors.
+    let activated = server::listen::take_activated_sockets();
     let invocation = match cli::parse(std::env::args_os()) {
         Ok(inv) => inv,
         Err(e) => {
@@ -111,7 +111,8 @@ fn main() -> ExitCode {
     if let Some(file) = &loaded.file {
         tracing::info!("settings file: {}", file.display());
     }
-    match run(settings) {
+    raise_fd_limit();
+    match run(settings, activated) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Config(msg)) => {
             tracing::error!("{msg}");
@@ -138,7 +139,30 @@ impl From<StartError> for Failure {
     }
 }
 
-fn run(settings: Settings) -> Result<(), Failure> {
+/// Raises the soft limit on open files to the hard limit, so the
+/// connection limit, not a default of 1024 descriptors, bounds how many
+/// clients are served (as servers such as nginx and Granian do).
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed,
+    // which lives on this stack frame for the duration of the calls.
+    let raised = unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0
+            && limit.rlim_cur < limit.rlim_max
+            && {
+                limit.rlim_cur = limit.rlim_max;
+                libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0
+            }
+    };
+    if raised {
+        tracing::debug!("open-file limit raised to {}", limit.rlim_cur);
+    }
+}
+
+fn run(settings: Settings, activated: Vec<std::os::fd::OwnedFd>) -> Result<(), Failure> {
     let python = interpreter::initialize(&settings)?;
     tracing::info!(
         "maitred {} running Python {} (sys.prefix {}, executable {})",
@@ -172,6 +196,7 @@ fn run(settings: Settings) -> Result<(), Failure> {
         app.app,
         wsgi::PoolConfig {
             threads: settings.threads,
+            max_queue: settings.limits.max_queue,
             output: wsgi::outbuf::Limits {
                 high_water: settings.limits.outbuf_high_watermark.as_usize(),
                 overflow: settings.limits.outbuf_overflow.as_usize(),
@@ -210,6 +235,9 @@ fn run(settings: Settings) -> Result<(), Failure> {
         })?;
     let shared = Arc::new(gateway::service::Shared {
         pool,
+        health: gateway::service::Health::default(),
+        body_timeout: settings.limits.body_timeout.0,
+        request_timeout: settings.limits.request_timeout.map(|t| t.0),
         environ: EnvironConfig {
             script_name: settings.script_name(),
             unix_port: if settings.url_scheme == "https" {
@@ -232,22 +260,38 @@ fn run(settings: Settings) -> Result<(), Failure> {
         .enable_all()
         .build()
         .map_err(|e| Failure::Other(format!("cannot start the I/O runtime: {e}")))?;
-    let listeners = server::bind(&settings).map_err(|e| Failure::Other(e.to_string()))?;
+    let listeners =
+        server::listen::bind(&settings, activated).map_err(|e| Failure::Other(e.to_string()))?;
+    let admin = server::listen::bind_admin(&settings).map_err(|e| Failure::Other(e.to_string()))?;
     for listener in &listeners {
         tracing::info!("{}", listener.announcement());
     }
+    for (_, addr) in &admin {
+        tracing::info!(
+            "Admin listener (/livez, /readyz) on http://{}",
+            config::display_addr(addr)
+        );
+    }
     let builder = server::http1_builder(&settings);
-    runtime
-        .block_on(server::serve(
-            listeners,
-            shared,
-            builder,
-            settings.limits.connection_limit,
-            settings.limits.channel_timeout.0,
-            DRAIN,
-        ))
+    let plan = server::Plan {
+        connection_limit: settings.limits.connection_limit,
+        timeouts: connection::Timeouts {
+            channel: settings.limits.channel_timeout.0,
+            header: settings.limits.header_timeout.0,
+        },
+        shutdown_delay: settings.shutdown_delay.0,
+        graceful_timeout: settings.graceful_timeout.0,
+    };
+    let code = runtime
+        .block_on(async {
+            for (listener, _) in admin {
+                let listener = tokio::net::TcpListener::from_std(listener)?;
+                tokio::spawn(admin::run(listener, Arc::clone(&shared)));
+            }
+            server::serve(listeners, shared, builder, plan).await
+        })
         .map_err(|e| Failure::Other(format!("server failed: {e}")))?;
     // Python's threads are parked in the job queue; the process exits
     // without finalizing the interpreter, as Waitress's daemon threads do.
-    std::process::exit(0)
+    std::process::exit(i32::from(code))
 }

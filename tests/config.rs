@@ -111,6 +111,18 @@ fn samples() -> Vec<(&'static str, &'static str, &'static str, Value)> {
         ),
         ("limits.connection_limit", "10", "10", json!(10)),
         ("limits.channel_timeout", "\"30s\"", "30", json!("30s")),
+        ("limits.header_timeout", "\"10s\"", "10", json!("10s")),
+        ("limits.body_timeout", "\"2m\"", "2m", json!("120s")),
+        ("limits.request_timeout", "\"45s\"", "45", json!("45s")),
+        ("limits.max_queue", "7", "7", json!(7)),
+        ("shutdown_delay", "\"0s\"", "0", json!("0s")),
+        ("graceful_timeout", "\"90s\"", "90s", json!("90s")),
+        (
+            "admin_listen",
+            "[\"0.0.0.0:9180\"]",
+            "0.0.0.0:9180",
+            json!(["0.0.0.0:9180"]),
+        ),
         (
             "proxy.trusted",
             "[\"10.0.0.0/8\", \"fd00::/8\"]",

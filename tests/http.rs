@@ -419,9 +419,10 @@ fn idle_keep_alive_connections_close_after_channel_timeout() {
 
 #[test]
 fn a_head_trickled_byte_by_byte_is_cut_off() {
-    // Waitress resets its timer on every byte; maitred bounds the whole head.
+    // Waitress resets its timer on every byte; maitred bounds the whole
+    // head with header_timeout, while channel_timeout (progress) never fires.
     let s = server()
-        .args(["--channel-timeout=1", "behaviours:app"])
+        .args(["--limits-header-timeout=1", "behaviours:app"])
         .start();
     let mut stream = s.connect();
     let started = std::time::Instant::now();

@@ -1,12 +1,11 @@
 //! Starting and stopping: the waitress-serve command line, configuration
 //! errors (exit 2, naming key, value and source), app loading errors
-//! (exit 1 with the traceback), the demo page, listeners and signals.
+//! (exit 1 with the traceback), the demo page and listeners. Signals and
+//! the drain are in `lifecycle.rs`.
 
 mod common;
 
-use std::time::Duration;
-
-use common::{Conn, server};
+use common::server;
 
 #[test]
 fn without_an_app_the_demo_page_is_served() {
@@ -388,49 +387,4 @@ fn a_port_in_use_stops_startup_naming_the_address() {
         "{}",
         out.stderr
     );
-}
-
-#[test]
-fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
-    let mut s = server().arg("behaviours:app").start();
-    let mut c = Conn::open(&s);
-    c.send_str("GET /sleep?0.5 HTTP/1.1\r\nHost: t\r\n\r\n");
-    std::thread::sleep(Duration::from_millis(150));
-    s.signal("TERM");
-    let r = c.response();
-    assert_eq!(r.text(), "slept 0.5\n");
-    assert_eq!(
-        r.header("connection"),
-        Some("close"),
-        "draining: no more requests on it"
-    );
-    let status = s.wait_exit(Duration::from_secs(10)).expect("exits");
-    assert_eq!(status.code(), Some(0));
-}
-
-#[test]
-fn connection_limit_holds_surplus_connections_in_the_backlog() {
-    let s = server()
-        .args(["--connection-limit=1", "behaviours:app"])
-        .start();
-    let mut first = Conn::open(&s);
-    first.send_str("GET /list HTTP/1.1\r\nHost: t\r\n\r\n");
-    assert_eq!(first.response().status, 200);
-    // The second connection is accepted by the kernel but not served while
-    // the first stays open.
-    let mut second = Conn::open(&s);
-    second.send_str("GET /list HTTP/1.1\r\nHost: t\r\n\r\n");
-    second
-        .reader
-        .get_ref()
-        .set_read_timeout(Some(Duration::from_millis(500)))
-        .expect("timeout");
-    assert!(second.try_response().is_err(), "not served at the limit");
-    drop(first);
-    second
-        .reader
-        .get_ref()
-        .set_read_timeout(Some(common::IO_TIMEOUT))
-        .expect("timeout");
-    assert_eq!(second.response().status, 200, "served once a slot frees");
 }

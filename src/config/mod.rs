@@ -77,6 +77,16 @@ pub struct Settings {
     #[serde(deserialize_with = "values::bool")]
     pub expose_tracebacks: bool,
 
+    /// After SIGTERM/SIGINT: how long to keep serving (readiness already
+    /// failing) before the listeners close.
+    pub shutdown_delay: Seconds,
+    /// After the listeners close: how long requests in flight get to finish.
+    pub graceful_timeout: Seconds,
+
+    /// Addresses of the admin listener (probes, metrics); empty disables it.
+    #[serde(deserialize_with = "values::list")]
+    pub admin_listen: Vec<String>,
+
     pub limits: Limits,
     pub proxy: Proxy,
     pub proxy_protocol: ProxyProtocol,
@@ -118,6 +128,17 @@ pub struct Limits {
     pub connection_limit: usize,
     /// Idle time after which a connection with no request in flight is closed.
     pub channel_timeout: Seconds,
+    /// Time from a request head's first byte to its last.
+    pub header_timeout: Seconds,
+    /// Longest pause between two pieces of a request body.
+    pub body_timeout: Seconds,
+    /// Longest the app may take to start its response before the client
+    /// gets 504 (unset: no limit). The Python thread cannot be stopped.
+    #[serde(deserialize_with = "values::opt_seconds")]
+    pub request_timeout: Option<Seconds>,
+    /// Requests waiting for a Python thread; more get 503.
+    #[serde(deserialize_with = "values::usize")]
+    pub max_queue: usize,
 }
 
 /// Which proxies are trusted to tell maitred about the original client.
@@ -185,7 +206,10 @@ impl Default for Settings {
             ident: "maitred".to_owned(),
             server_name: "maitred.invalid".to_owned(),
             expose_tracebacks: false,
+            shutdown_delay: Seconds::from_secs(5),
+            graceful_timeout: Seconds::from_secs(30),
             limits: Limits::default(),
+            admin_listen: vec!["127.0.0.1:9180".to_owned()],
             proxy: Proxy::default(),
             proxy_protocol: ProxyProtocol::default(),
             log: Log::default(),
@@ -204,6 +228,10 @@ impl Default for Limits {
             outbuf_high_watermark: ByteSize(16 << 20),
             connection_limit: 100,
             channel_timeout: Seconds::from_secs(120),
+            header_timeout: Seconds::from_secs(30),
+            body_timeout: Seconds::from_secs(60),
+            request_timeout: None,
+            max_queue: 100,
         }
     }
 }
@@ -335,11 +363,34 @@ impl Settings {
                 "must be at least 1 byte",
             ));
         }
-        if limits.channel_timeout.0.is_zero() || limits.channel_timeout.0 > MAX_TIMEOUT {
+        let timeouts = [
+            ("limits.channel_timeout", Some(limits.channel_timeout)),
+            ("limits.header_timeout", Some(limits.header_timeout)),
+            ("limits.body_timeout", Some(limits.body_timeout)),
+            ("limits.request_timeout", limits.request_timeout),
+            ("graceful_timeout", Some(self.graceful_timeout)),
+        ];
+        for (key, value) in timeouts {
+            if value.is_some_and(|t| t.0.is_zero() || t.0 > MAX_TIMEOUT) {
+                problems.push(Problem::new(
+                    key,
+                    "must be longer than 0s and at most 7 days",
+                ));
+            }
+        }
+        if self.shutdown_delay.0 > MAX_TIMEOUT {
+            problems.push(Problem::new("shutdown_delay", "must be at most 7 days"));
+        }
+        if limits.max_queue == 0 || limits.max_queue > MAX_CONNECTION_LIMIT {
             problems.push(Problem::new(
-                "limits.channel_timeout",
-                "must be longer than 0s and at most 7 days",
+                "limits.max_queue",
+                format!("must be between 1 and {MAX_CONNECTION_LIMIT}"),
             ));
+        }
+        for entry in &self.admin_listen {
+            if let Err(e) = parse_listen(entry) {
+                problems.push(Problem::new("admin_listen", e));
+            }
         }
         if let Err(proxy_problems) =
             crate::proxy::ProxyConfig::from_settings(&self.proxy, &self.url_scheme)

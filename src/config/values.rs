@@ -220,6 +220,24 @@ fn whole_number<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     })
 }
 
+/// An optional duration: unset, empty text or `0` all mean "none".
+pub fn opt_seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Seconds>, D::Error> {
+    struct Opt(Option<Seconds>);
+    impl<'de> Deserialize<'de> for Opt {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_any(Scalar {
+                expecting: "a duration, such as 30s, 2m, 1500ms or a number of seconds (0 or empty: none)",
+                from_u64: |n| Some(Opt((n > 0).then(|| Seconds::from_secs(n)))),
+                from_str: |s| match s.trim() {
+                    "" | "0" | "none" | "off" => Some(Opt(None)),
+                    text => Seconds::parse(text).map(|t| Opt((!t.0.is_zero()).then_some(t))),
+                },
+            })
+        }
+    }
+    Ok(Option::<Opt>::deserialize(d)?.and_then(|o| o.0))
+}
+
 pub fn usize<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
     let n = whole_number(d)?;
     usize::try_from(n)

@@ -18,6 +18,7 @@ use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use tokio::task::JoinHandle;
 
+use crate::connection::RequestGuard;
 use crate::wsgi::outbuf::{Next, Outbuf, Stop};
 use crate::wsgi::{DeferredClose, FileBody};
 
@@ -37,6 +38,8 @@ pub struct ResponseBody {
     failure: Option<BodyError>,
     /// Request URI, for the warnings.
     uri: Arc<str>,
+    /// Marks the connection idle again when the response is over.
+    guard: Option<RequestGuard>,
 }
 
 enum Source {
@@ -92,7 +95,14 @@ impl ResponseBody {
             truncated: false,
             failure: None,
             uri,
+            guard: None,
         }
+    }
+
+    /// Keeps the connection marked busy until this body is done with.
+    pub fn with_guard(mut self, guard: RequestGuard) -> Self {
+        self.guard = Some(guard);
+        self
     }
 
     pub fn full(chunks: Vec<Bytes>, declared: Option<u64>, uri: Arc<str>) -> Self {

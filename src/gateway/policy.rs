@@ -12,6 +12,8 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode, Version};
 pub struct Rejection {
     pub status: StatusCode,
     pub detail: String,
+    /// Seconds for a `Retry-After` header (503).
+    pub retry_after: Option<u32>,
 }
 
 impl Rejection {
@@ -19,7 +21,13 @@ impl Rejection {
         Rejection {
             status,
             detail: detail.into(),
+            retry_after: None,
         }
+    }
+
+    pub fn retry_after(mut self, seconds: u32) -> Self {
+        self.retry_after = Some(seconds);
+        self
     }
 }
 

@@ -5,9 +5,13 @@
 use std::convert::Infallible;
 use std::io::{Seek, SeekFrom};
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 
 use bytes::BytesMut;
-use http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, SERVER, TRANSFER_ENCODING, VIA};
+use http::header::{
+    CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, SERVER, TRANSFER_ENCODING, VIA,
+};
 use http::request::Parts;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
@@ -18,13 +22,19 @@ use tokio::sync::oneshot;
 
 use super::body::ResponseBody;
 use super::policy::{self, Rejection};
+use crate::connection::RequestGuard;
 use crate::proxy::{Outcome, ProxyConfig};
 use crate::wsgi::environ::{self, EnvironConfig, Head, Peer};
-use crate::wsgi::{AppBody, Call, Pool, Reply, RequestBody};
+use crate::wsgi::{AppBody, Call, Pool, Refused, Reply, RequestBody};
 
 /// What every request on every connection shares.
 pub struct Shared {
     pub pool: Pool,
+    pub health: Health,
+    /// Longest pause between two body frames.
+    pub body_timeout: Duration,
+    /// Longest a request may take to get its response head from the app.
+    pub request_timeout: Option<Duration>,
     pub environ: EnvironConfig,
     pub proxy: ProxyConfig,
     /// 404 for paths outside `url_prefix`.
@@ -36,27 +46,57 @@ pub struct Shared {
     pub ident: String,
 }
 
+/// Whether the server is ready for traffic; read by the admin probes.
+#[derive(Debug, Default)]
+pub struct Health {
+    pub ready: AtomicBool,
+}
+
 pub async fn handle(
     req: Request<Incoming>,
     shared: Arc<Shared>,
     peer: Peer,
+    guard: RequestGuard,
 ) -> Result<Response<ResponseBody>, Infallible> {
+    // The connection is busy until the response body has been sent (or
+    // dropped): the guard travels with the body.
+    let response = respond_to(req, &shared, peer).await;
+    Ok(response.map(|body| body.with_guard(guard)))
+}
+
+async fn respond_to(
+    req: Request<Incoming>,
+    shared: &Arc<Shared>,
+    peer: Peer,
+) -> Response<ResponseBody> {
+    match serve_request(req, shared, peer).await {
+        Ok(response) | Err(response) => response,
+    }
+}
+
+/// The request's path; `Err` carries a response maitred wrote itself.
+async fn serve_request(
+    req: Request<Incoming>,
+    shared: &Arc<Shared>,
+    peer: Peer,
+) -> Result<Response<ResponseBody>, Response<ResponseBody>> {
+    let shared = &**shared;
     let (parts, body) = req.into_parts();
     let declared = body.size_hint().exact().filter(|_| has_body(&parts));
     if let Err(rejection) =
         policy::check_head(&parts.method, &parts.headers, declared, shared.max_body)
     {
-        return Ok(reject(&shared, parts.version, rejection));
+        return Err(reject(shared, parts.version, rejection));
     }
     // Forwarding headers are judged before the body is read: a malformed
     // one from a trusted proxy refuses the request as a whole.
     let outcome = match forwarding(&shared.proxy, &peer, &parts.headers) {
         Ok(outcome) => outcome,
-        Err(rejection) => return Ok(reject(&shared, parts.version, rejection)),
+        Err(rejection) => return Err(reject(shared, parts.version, rejection)),
     };
-    let received = match receive(body, &parts, &shared).await {
+    let received = match receive(body, &parts, shared).await {
         Ok(received) => received,
-        Err(rejection) => return Ok(reject(&shared, parts.version, rejection)),
+        Err(rejection) => return Err(reject(shared, parts.version, rejection)),
     };
     let head = Head {
         method: parts.method.as_str(),
@@ -71,8 +111,8 @@ pub async fn handle(
             "The path is outside the application's mount point {}",
             shared.environ.script_name
         );
-        return Ok(reject(
-            &shared,
+        return Err(reject(
+            shared,
             parts.version,
             Rejection::new(StatusCode::NOT_FOUND, detail),
         ));
@@ -85,23 +125,52 @@ pub async fn handle(
         reply: tx,
         head: parts.method == Method::HEAD,
     };
-    if !shared.pool.submit(call) {
-        return Ok(reject(
-            &shared,
-            parts.version,
-            Rejection::new(
+    match shared.pool.submit(call) {
+        Ok(()) => {}
+        Err(Refused::QueueFull) => {
+            let detail = "All threads are busy and the queue is full; retry shortly";
+            let rejection = Rejection::new(StatusCode::SERVICE_UNAVAILABLE, detail).retry_after(1);
+            return Err(reject(shared, parts.version, rejection));
+        }
+        Err(Refused::Stopped) => {
+            let rejection = Rejection::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "The server is shutting down",
-            ),
-        ));
+            );
+            return Err(reject(shared, parts.version, rejection));
+        }
     }
-    let reply = match rx.await {
+    let reply = match shared.request_timeout {
+        None => rx.await,
+        Some(limit) => match tokio::time::timeout(limit, rx).await {
+            Ok(reply) => reply,
+            Err(_) => {
+                // Dropping `rx` tells the worker: a request still queued is
+                // skipped; one running finishes unheard and is closed.
+                tracing::warn!(
+                    "{uri} got no response within request_timeout ({}s): answered 504; \
+                     the Python thread running it continues until the app returns",
+                    limit.as_secs_f64()
+                );
+                let detail = format!(
+                    "The application did not respond within {}s",
+                    limit.as_secs_f64()
+                );
+                return Err(reject(
+                    shared,
+                    parts.version,
+                    Rejection::new(StatusCode::GATEWAY_TIMEOUT, detail),
+                ));
+            }
+        },
+    };
+    let reply = match reply {
         Ok(reply) => reply,
         // The worker dropped the channel without answering: an internal
         // failure already logged on the Python side.
         Err(_) => {
-            return Ok(reject(
-                &shared,
+            return Err(reject(
+                shared,
                 parts.version,
                 Rejection::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
@@ -110,7 +179,7 @@ pub async fn handle(
             ));
         }
     };
-    Ok(respond(&shared, &parts, reply, uri))
+    Ok(respond(shared, &parts, reply, uri))
 }
 
 /// Applies the trusted-proxy rules, logging what Waitress logs.
@@ -175,7 +244,17 @@ async fn receive(
     let mut memory = BytesMut::new();
     let mut spool: Option<tokio::fs::File> = None;
     let mut len: u64 = 0;
-    while let Some(frame) = body.frame().await {
+    loop {
+        let frame = match tokio::time::timeout(shared.body_timeout, body.frame()).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break,
+            Err(_) => {
+                return Err(Rejection::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "The request body stopped arriving (body_timeout)",
+                ));
+            }
+        };
         let frame = frame.map_err(body_error)?;
         let Ok(data) = frame.into_data() else {
             continue; // trailers: Waitress discards them too
@@ -261,6 +340,11 @@ pub fn reject(shared: &Shared, version: Version, rejection: Rejection) -> Respon
     }
     if let Some(server) = &shared.server {
         response.headers_mut().insert(SERVER, server.clone());
+    }
+    if let Some(seconds) = rejection.retry_after {
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(seconds));
     }
     response
 }

@@ -22,7 +22,7 @@ use http::{HeaderName, HeaderValue};
 use tokio::sync::oneshot;
 
 pub use environ::CgiVars;
-pub use pool::{DeferredClose, Pool, PoolConfig};
+pub use pool::{DeferredClose, Liveness, Pool, PoolConfig, Refused};
 
 /// One request for the application.
 pub struct Call {

@@ -5,7 +5,9 @@
 //! ones hand the GIL over at the interpreter's usual switch points.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 use pyo3::prelude::*;
@@ -25,6 +27,8 @@ pub(super) enum Job {
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
     pub threads: usize,
+    /// Requests allowed to wait for a thread.
+    pub max_queue: usize,
     pub output: super::outbuf::Limits,
     pub expose_tracebacks: bool,
     pub url_scheme: String,
@@ -35,14 +39,42 @@ pub struct PoolConfig {
 
 pub struct Pool {
     jobs: Sender<Job>,
+    /// Requests submitted and not yet taken by a thread.
+    queued: Arc<AtomicUsize>,
+    max_queue: usize,
+    /// Threads still running their loop (they only stop if the pool does).
+    alive: Arc<AtomicUsize>,
+    threads: usize,
+    gil_probe: Arc<AtomicBool>,
     _threads: Vec<JoinHandle<()>>,
+}
+
+/// Why a request was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// `max_queue` requests are already waiting.
+    QueueFull,
+    /// The pool has shut down.
+    Stopped,
+}
+
+/// What `/livez` learns about the Python side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Liveness {
+    Alive,
+    /// Explains what is wrong.
+    Stuck(String),
 }
 
 impl Pool {
     /// Starts the threads and waits until each has built its per-thread
     /// state, so a failure there stops start-up instead of the first request.
     pub fn start(app: Py<PyAny>, config: PoolConfig) -> Result<Pool, String> {
+        // Unbounded as a channel: requests are bounded by `queued` below,
+        // and `close()` jobs must never be refused.
         let (jobs, queue) = crossbeam_channel::unbounded::<Job>();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let alive = Arc::new(AtomicUsize::new(0));
         let config = Arc::new(config);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let mut threads = Vec::with_capacity(config.threads);
@@ -54,6 +86,8 @@ impl Pool {
                 queue: queue.clone(),
                 jobs: jobs.clone(),
                 ready: ready_tx.clone(),
+                queued: Arc::clone(&queued),
+                alive: Arc::clone(&alive),
             };
             let handle = std::thread::Builder::new()
                 .name(format!("maitred-py-{i}"))
@@ -71,14 +105,57 @@ impl Pool {
         }
         Ok(Pool {
             jobs,
+            queued,
+            max_queue: config.max_queue,
+            alive,
+            threads: config.threads,
+            gil_probe: Arc::new(AtomicBool::new(false)),
             _threads: threads,
         })
     }
 
-    /// Queues a request. Fails only when the pool has shut down, in which
-    /// case the call (and its reply channel) is dropped.
-    pub fn submit(&self, call: Call) -> bool {
-        self.jobs.send(Job::Call(call)).is_ok()
+    /// Queues a request, unless `max_queue` requests are already waiting.
+    /// A refused call (and its reply channel) is dropped.
+    pub fn submit(&self, call: Call) -> Result<(), Refused> {
+        if self.queued.fetch_add(1, Ordering::AcqRel) >= self.max_queue {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(Refused::QueueFull);
+        }
+        self.jobs.send(Job::Call(call)).map_err(|_| {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            Refused::Stopped
+        })
+    }
+
+    /// Whether every Python thread is still running and the GIL can be
+    /// taken within `within` (a thread holding it without pause, e.g. in a
+    /// C extension's loop, would block every request). The check never
+    /// goes through the request queue. While an earlier probe is still
+    /// waiting for the GIL, the answer is "stuck" without starting another,
+    /// so a wedged interpreter cannot pile up waiting probes.
+    pub async fn liveness(&self, within: Duration) -> Liveness {
+        let alive = self.alive.load(Ordering::Acquire);
+        if alive < self.threads {
+            return Liveness::Stuck(format!(
+                "{alive} of {} Python threads are running",
+                self.threads
+            ));
+        }
+        if self.gil_probe.swap(true, Ordering::AcqRel) {
+            return Liveness::Stuck("an earlier check is still waiting for the GIL".into());
+        }
+        let probe = Arc::clone(&self.gil_probe);
+        let attached = tokio::task::spawn_blocking(move || {
+            Python::attach(|_| ());
+            probe.store(false, Ordering::Release);
+        });
+        match tokio::time::timeout(within, attached).await {
+            Ok(_) => Liveness::Alive,
+            Err(_) => Liveness::Stuck(format!(
+                "the GIL could not be taken within {}s",
+                within.as_secs_f64()
+            )),
+        }
     }
 }
 

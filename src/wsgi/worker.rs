@@ -10,6 +10,7 @@ use std::fs::File;
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crossbeam_channel::Sender;
 use pyo3::prelude::*;
@@ -35,6 +36,20 @@ pub(super) struct ThreadContext {
     pub queue: JobQueue,
     pub jobs: Sender<Job>,
     pub ready: std::sync::mpsc::Sender<Result<(), String>>,
+    /// Requests waiting (decremented as this thread takes one).
+    pub queued: Arc<AtomicUsize>,
+    /// Running threads (this one counts itself while in its loop).
+    pub alive: Arc<AtomicUsize>,
+}
+
+/// Counts a thread as alive for as long as it is in its loop, however it
+/// leaves it.
+struct AliveGuard(Arc<AtomicUsize>);
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 pub(super) fn thread_main(ctx: ThreadContext) {
@@ -49,6 +64,8 @@ pub(super) fn thread_main(ctx: ThreadContext) {
                 return;
             }
         };
+        ctx.alive.fetch_add(1, Ordering::AcqRel);
+        let _alive = AliveGuard(Arc::clone(&ctx.alive));
         let _ = ctx.ready.send(Ok(()));
         loop {
             let queue = &ctx.queue;
@@ -57,6 +74,12 @@ pub(super) fn thread_main(ctx: ThreadContext) {
             };
             match job {
                 Job::Call(call) => {
+                    ctx.queued.fetch_sub(1, Ordering::AcqRel);
+                    // The client left, or gave up (request_timeout), while
+                    // the request waited: running the app would be wasted.
+                    if call.reply.is_closed() {
+                        continue;
+                    }
                     // A bug in maitred must cost one request, not a thread:
                     // the reply channel drops and the client gets a 500.
                     let ran = std::panic::catch_unwind(AssertUnwindSafe(|| worker.run(py, call)));

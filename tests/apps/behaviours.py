@@ -4,6 +4,7 @@ Standard library only. The integration tests in tests/*.rs start maitred with
 `behaviours:app` and request these paths. Every response that describes the
 request does so as JSON, so tests assert on exact values.
 """
+import ctypes
 import io
 import json
 import os
@@ -397,6 +398,15 @@ def sleep(environ, start_response):
     return _plain(start_response, "slept %s\n" % seconds)
 
 
+def hold_gil(environ, start_response):
+    # libc's sleep() called through PyDLL keeps the GIL (ctypes releases it
+    # only for CDLL): the interpreter is wedged for that long, as with a C
+    # extension stuck in a loop.
+    seconds = int(environ.get("QUERY_STRING") or 3)
+    ctypes.PyDLL(None).sleep(seconds)
+    return _plain(start_response, "held the GIL %s s\n" % seconds)
+
+
 def errors_stream(environ, start_response):
     environ["wsgi.errors"].write("line one from the app\npartial ")
     environ["wsgi.errors"].write("line two\n")
@@ -422,6 +432,7 @@ def python_info(environ, start_response):
         "version": sys.version,
         "path": sys.path,
         "argv": sys.argv,
+        "listen_fds": os.environ.get("LISTEN_FDS"),
     })
 
 
@@ -471,6 +482,7 @@ ROUTES = {
     "/big": big,
     "/slow-stream": slow_stream,
     "/sleep": sleep,
+    "/hold-gil": hold_gil,
     "/errors": errors_stream,
     "/thread": thread_name,
     "/events": events,

@@ -48,6 +48,9 @@ pub struct ServerBuilder {
     cwd: PathBuf,
     listen: bool,
     listeners: usize,
+    /// A program that starts maitred for the test (given maitred's path
+    /// and arguments after its own).
+    launcher: Vec<String>,
 }
 
 pub fn server() -> ServerBuilder {
@@ -62,6 +65,7 @@ pub fn server() -> ServerBuilder {
         cwd: apps_dir(),
         listen: true,
         listeners: 1,
+        launcher: Vec::new(),
     }
 }
 
@@ -103,10 +107,33 @@ impl ServerBuilder {
         self
     }
 
+    /// Starts maitred through `program args... BIN maitred-args...`.
+    pub fn launched_by<I, S>(mut self, program_and_args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.launcher = program_and_args.into_iter().map(Into::into).collect();
+        self
+    }
+
     fn command(&self) -> Command {
-        let mut cmd = Command::new(BIN);
+        let mut cmd = match self.launcher.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(BIN);
+                cmd
+            }
+            None => Command::new(BIN),
+        };
         if self.listen {
             cmd.arg("--listen=127.0.0.1:0");
+        }
+        // Tests run in parallel: never the fixed default admin port. The
+        // `config` subcommands bind nothing and report settings as given.
+        let inspects_config = self.args.iter().any(|a| a == "config");
+        if !inspects_config && !self.args.iter().any(|a| a.starts_with("--admin-listen")) {
+            cmd.arg("--admin-listen=127.0.0.1:0");
         }
         cmd.args(&self.args).current_dir(&self.cwd);
         for k in &self.env_remove {
@@ -249,6 +276,32 @@ impl Server {
             })
             .expect("a TCP listener")
             .to_owned()
+    }
+
+    /// `127.0.0.1:PORT` of the admin listener.
+    pub fn admin_addr(&self) -> String {
+        self.log()
+            .lines()
+            .find_map(|l| {
+                l.split("Admin listener (/livez, /readyz) on http://")
+                    .nth(1)
+            })
+            .map(|a| a.trim().to_owned())
+            .expect("an admin listener")
+    }
+
+    /// GET on the admin listener: (status, body).
+    pub fn admin_get(&self, path: &str) -> (u16, String) {
+        let mut s = TcpStream::connect(self.admin_addr()).expect("connect admin");
+        s.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
+        )
+        .expect("send");
+        let mut r = BufReader::new(s);
+        let resp = read_response(&mut r).expect("admin response");
+        (resp.status, resp.text())
     }
 
     pub fn pid(&self) -> u32 {

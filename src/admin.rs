@@ -1,0 +1,104 @@
+//! The admin listener: health probes for orchestrators, on its own
+//! address (loopback by default), apart from the app.
+//!
+//! - `/livez` (alias `/healthz`): the process serves and its Python side is
+//!   responsive: every Python thread is running and the GIL can be taken
+//!   within [`GIL_WITHIN`]. A failing liveness probe restarts the pod, so
+//!   this checks for a wedged interpreter, not a busy one.
+//! - `/readyz`: the app is imported and the server is not draining.
+//!
+//! Requests here never enter the Python queue, the proxy logic or the app,
+//! and are not counted against `connection_limit`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::gateway::service::Shared;
+use crate::wsgi::Liveness;
+
+/// How long `/livez` waits for the GIL before calling the process stuck.
+pub const GIL_WITHIN: Duration = Duration::from_secs(2);
+/// Admin connections served at once; probes need few.
+const MAX_CONNECTIONS: usize = 64;
+
+pub async fn run(listener: TcpListener, shared: Arc<Shared>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!("admin accept() failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let shared = Arc::clone(&shared);
+                async move { Ok::<_, Infallible>(route(&req, &shared).await) }
+            });
+            let conn = http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = conn.await {
+                tracing::debug!("admin connection ended: {e}");
+            }
+            drop(permit);
+        });
+    }
+}
+
+async fn route(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
+    }
+    match req.uri().path() {
+        "/livez" | "/healthz" => match shared.pool.liveness(GIL_WITHIN).await {
+            Liveness::Alive => text(StatusCode::OK, "ok\n"),
+            Liveness::Stuck(why) => {
+                text(StatusCode::SERVICE_UNAVAILABLE, &format!("stuck: {why}\n"))
+            }
+        },
+        "/readyz" => {
+            if shared.health.ready.load(Ordering::Acquire) {
+                text(StatusCode::OK, "ready\n")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready: draining\n")
+            }
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: /livez, /healthz, /readyz\n",
+        ),
+    }
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_owned())));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    );
+    response
+}

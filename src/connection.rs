@@ -1,0 +1,462 @@
+//! One connection as the rest of the server sees it: whether a request is
+//! in progress, since when it has been idle, the timers that follow from
+//! that, and the registry through which connections are closed (the
+//! idlest first when the connection limit is reached, all of them on
+//! drain).
+//!
+//! Timers (all reset by progress, checked only while the connection waits
+//! on its client, so a slow app is never timed out, as in Waitress):
+//! - `channel_timeout`: nothing moved in either direction for that long
+//!   (an idle keep-alive connection, a response the client stopped reading);
+//! - `header_timeout`: a request head started arriving that long ago and is
+//!   still not complete (slowloris);
+//! - the body timeout is applied by the service, between body frames.
+//!
+//! hyper's own head timer is not used: it also runs while a keep-alive
+//! connection sits idle, so it could not tell the two apart.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
+use tokio::time::{Instant, Sleep};
+
+const HEAD_TOO_SLOW: &str = "request head not complete within header_timeout";
+
+/// Milliseconds since the first call, as a cheap comparable timestamp.
+fn now_ms() -> u64 {
+    static EPOCH: OnceLock<std::time::Instant> = OnceLock::new();
+    let epoch = EPOCH.get_or_init(std::time::Instant::now);
+    u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// What the service, the socket wrapper and the registry share.
+#[derive(Debug)]
+pub struct ConnState {
+    busy: AtomicBool,
+    /// `now_ms()` when the connection last became idle.
+    idle_since: AtomicU64,
+    close: Notify,
+    close_requested: AtomicBool,
+    /// hyper has tried to write since it last flushed: part of a response
+    /// may still sit in its buffer.
+    unflushed: AtomicBool,
+}
+
+impl ConnState {
+    fn new() -> Self {
+        ConnState {
+            busy: AtomicBool::new(false),
+            idle_since: AtomicU64::new(now_ms()),
+            close: Notify::new(),
+            close_requested: AtomicBool::new(false),
+            unflushed: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether the connection can be dropped without losing anything: no
+    /// request in hand and every response byte handed to the kernel. A
+    /// partial head (slowloris) or an idle keep-alive connection can; hyper's
+    /// own graceful shutdown would keep waiting on a partial head.
+    pub fn can_drop_now(&self) -> bool {
+        !self.is_busy() && !self.unflushed.load(Ordering::Relaxed)
+    }
+
+    pub fn is_busy(&self) -> bool {
+        self.busy.load(Ordering::Relaxed)
+    }
+
+    /// A request head has been parsed; returns a guard that marks the
+    /// connection idle again when the response is over (or abandoned).
+    pub fn begin(self: &Arc<Self>) -> RequestGuard {
+        self.busy.store(true, Ordering::Relaxed);
+        RequestGuard(Arc::clone(self))
+    }
+
+    /// Asks the connection to close: at once if idle, after its current
+    /// response otherwise.
+    pub fn request_close(&self) {
+        self.close_requested.store(true, Ordering::Relaxed);
+        self.close.notify_one();
+    }
+
+    /// Resolves when a close has been requested.
+    pub async fn closing(&self) {
+        if self.close_requested.load(Ordering::Relaxed) {
+            return;
+        }
+        self.close.notified().await;
+    }
+}
+
+/// Held for as long as a request is in progress.
+#[derive(Debug)]
+pub struct RequestGuard(Arc<ConnState>);
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        self.0.idle_since.store(now_ms(), Ordering::Relaxed);
+        self.0.busy.store(false, Ordering::Relaxed);
+    }
+}
+
+/// Every open client connection.
+#[derive(Debug, Default)]
+pub struct Registry {
+    conns: Mutex<HashMap<u64, Arc<ConnState>>>,
+    next_id: AtomicU64,
+}
+
+/// Removes a connection from the registry when its task ends.
+pub struct Registration {
+    registry: Arc<Registry>,
+    id: u64,
+    pub state: Arc<ConnState>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.registry.lock().remove(&self.id);
+    }
+}
+
+impl Registry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<ConnState>>> {
+        self.conns.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn register(self: &Arc<Self>) -> Registration {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let state = Arc::new(ConnState::new());
+        self.lock().insert(id, Arc::clone(&state));
+        Registration {
+            registry: Arc::clone(self),
+            id,
+            state,
+        }
+    }
+
+    /// Asks the longest-idle connection to close, to make room for a new
+    /// one at the connection limit. Returns false when every connection is
+    /// busy (the new one then waits in the kernel backlog, as in Waitress).
+    pub fn close_idlest(&self) -> bool {
+        let conns = self.lock();
+        let idlest = conns
+            .values()
+            .filter(|c| !c.is_busy() && !c.close_requested.load(Ordering::Relaxed))
+            .min_by_key(|c| c.idle_since.load(Ordering::Relaxed));
+        match idlest {
+            Some(c) => {
+                c.request_close();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Asks every connection to close (drain).
+    pub fn close_all(&self) {
+        for c in self.lock().values() {
+            c.request_close();
+        }
+    }
+
+    pub fn open(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Connections with a request in progress.
+    pub fn busy(&self) -> usize {
+        self.lock().values().filter(|c| c.is_busy()).count()
+    }
+}
+
+/// The connection's timeouts.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub channel: Duration,
+    pub header: Duration,
+}
+
+/// The socket, with the inactivity and head timers applied to every read
+/// and write that has to wait.
+pub struct Watched<S> {
+    io: S,
+    timeouts: Timeouts,
+    state: Arc<ConnState>,
+    last_activity: Instant,
+    /// When the first byte of the head now being received arrived.
+    head_started: Option<Instant>,
+    timer: Pin<Box<Sleep>>,
+}
+
+impl<S> Watched<S> {
+    pub fn new(io: S, timeouts: Timeouts, state: Arc<ConnState>) -> Self {
+        let now = Instant::now();
+        Watched {
+            io,
+            timeouts,
+            state,
+            last_activity: now,
+            head_started: None,
+            timer: Box::pin(tokio::time::sleep_until(now + timeouts.channel)),
+        }
+    }
+
+    fn deadline(&self) -> (Instant, &'static str) {
+        let idle = (
+            self.last_activity + self.timeouts.channel,
+            "no progress for longer than channel_timeout",
+        );
+        match self.head_started {
+            Some(start) if start + self.timeouts.header < idle.0 => {
+                (start + self.timeouts.header, HEAD_TOO_SLOW)
+            }
+            _ => idle,
+        }
+    }
+
+    fn note_read(&mut self) {
+        let now = Instant::now();
+        self.last_activity = now;
+        if self.state.is_busy() {
+            self.head_started = None;
+        } else if self.head_started.is_none() {
+            self.head_started = Some(now);
+        }
+    }
+
+    /// hyper writes only when it has output, and flushes the socket only
+    /// once all of it is written: from here until that flush, something
+    /// may be unsent.
+    fn note_output_pending(&self) {
+        self.state.unflushed.store(true, Ordering::Relaxed);
+    }
+
+    /// Called when an operation has to wait: `Ready(Err)` once a deadline
+    /// has passed. The timer is re-armed lazily, so progress costs only a
+    /// clock read.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        if self.state.is_busy() {
+            self.head_started = None;
+        }
+        loop {
+            let (deadline, why) = self.deadline();
+            if self.timer.deadline() != deadline {
+                self.timer.as_mut().reset(deadline);
+            }
+            if self.timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            if Instant::now() >= self.deadline().0 {
+                return Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, why));
+            }
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        match Pin::new(&mut self.io).poll_read(cx, buf) {
+            Poll::Ready(result) => {
+                if buf.filled().len() > before {
+                    self.note_read();
+                    // A client that always has the next byte ready never
+                    // makes a read wait, so the head deadline is also
+                    // checked here.
+                    if let Some(start) = self.head_started {
+                        if start.elapsed() >= self.timeouts.header {
+                            return Poll::Ready(Err(io::Error::new(
+                                io::ErrorKind::TimedOut,
+                                HEAD_TOO_SLOW,
+                            )));
+                        }
+                    }
+                }
+                Poll::Ready(result)
+            }
+            Poll::Pending => self.poll_expired(cx).map(Err),
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.note_output_pending();
+        match Pin::new(&mut self.io).poll_write(cx, data) {
+            Poll::Ready(result) => {
+                if matches!(result, Ok(n) if n > 0) {
+                    self.last_activity = Instant::now();
+                }
+                Poll::Ready(result)
+            }
+            Poll::Pending => self.poll_expired(cx).map(Err),
+        }
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.note_output_pending();
+        match Pin::new(&mut self.io).poll_write_vectored(cx, bufs) {
+            Poll::Ready(result) => {
+                if matches!(result, Ok(n) if n > 0) {
+                    self.last_activity = Instant::now();
+                }
+                Poll::Ready(result)
+            }
+            Poll::Pending => self.poll_expired(cx).map(Err),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match Pin::new(&mut self.io).poll_flush(cx) {
+            Poll::Pending => self.poll_expired(cx).map(Err),
+            Poll::Ready(Ok(())) => {
+                self.state.unflushed.store(false, Ordering::Relaxed);
+                Poll::Ready(Ok(()))
+            }
+            ready => ready,
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const T: Timeouts = Timeouts {
+        channel: Duration::from_secs(5),
+        header: Duration::from_secs(2),
+    };
+
+    fn watched<S>(io: S) -> (Watched<S>, Arc<ConnState>) {
+        let state = Arc::new(ConnState::new());
+        (Watched::new(io, T, Arc::clone(&state)), state)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_peer_times_out_after_channel_timeout() {
+        let (_client, server) = tokio::io::duplex(64);
+        let (mut w, _) = watched(server);
+        let started = Instant::now();
+        let err = w.read(&mut [0u8; 8]).await.expect_err("times out");
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), T.channel);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_trickled_head_times_out_after_header_timeout() {
+        let (mut client, server) = tokio::io::duplex(64);
+        let (mut w, _) = watched(server);
+        let started = Instant::now();
+        let mut buf = [0u8; 1];
+        let result = loop {
+            client.write_all(b"x").await.expect("write");
+            match w.read_exact(&mut buf).await {
+                Ok(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+                Err(e) => break e,
+            }
+            // Progress every 500 ms keeps channel_timeout away; only the
+            // head timer can stop this.
+            if started.elapsed() > Duration::from_secs(10) {
+                panic!("never timed out");
+            }
+        };
+        assert_eq!(result.kind(), io::ErrorKind::TimedOut);
+        assert!(
+            started.elapsed() <= T.header + Duration::from_millis(600),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_connection_has_no_head_timer() {
+        let (mut client, server) = tokio::io::duplex(64);
+        let (mut w, state) = watched(server);
+        let _guard = state.begin();
+        let mut buf = [0u8; 1];
+        for _ in 0..8 {
+            client.write_all(b"x").await.expect("write");
+            w.read_exact(&mut buf)
+                .await
+                .expect("body bytes are not a head");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_stops_reading_times_out_the_writer() {
+        let (_client, server) = tokio::io::duplex(16);
+        let (mut w, _) = watched(server);
+        let err = w.write_all(&[0u8; 64]).await.expect_err("stuck write");
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unflushed_output_keeps_a_connection_from_being_dropped() {
+        let (mut client, server) = tokio::io::duplex(4);
+        let (mut w, state) = watched(server);
+        assert!(state.can_drop_now(), "fresh and idle");
+        // More than the pipe holds: the write waits on the client.
+        let pending = tokio::time::timeout(Duration::from_millis(10), w.write_all(b"response"));
+        assert!(pending.await.is_err());
+        assert!(!state.can_drop_now(), "part of a response is unsent");
+        let mut buf = [0u8; 8];
+        client.read_exact(&mut buf[..4]).await.expect("read");
+        w.write_all(b"onse").await.expect("rest");
+        w.flush().await.expect("flush");
+        assert!(state.can_drop_now(), "flushed");
+        let guard = state.begin();
+        assert!(!state.can_drop_now(), "a request in hand");
+        drop(guard);
+        assert!(state.can_drop_now());
+    }
+
+    #[test]
+    fn the_idlest_idle_connection_is_chosen() {
+        let registry = Arc::new(Registry::default());
+        let older = registry.register();
+        std::thread::sleep(Duration::from_millis(5));
+        let newer = registry.register();
+        let busy = registry.register();
+        let _guard = busy.state.begin();
+        assert!(registry.close_idlest());
+        assert!(older.state.close_requested.load(Ordering::Relaxed));
+        assert!(!newer.state.close_requested.load(Ordering::Relaxed));
+        assert!(registry.close_idlest());
+        assert!(newer.state.close_requested.load(Ordering::Relaxed));
+        assert!(!registry.close_idlest(), "only the busy one is left");
+        assert_eq!((registry.open(), registry.busy()), (3, 1));
+        drop(older);
+        assert_eq!(registry.open(), 2);
+    }
+}

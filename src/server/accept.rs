@@ -1,0 +1,320 @@
+//! Accepting connections within the connection limit and serving each with
+//! hyper: the socket wrapped in its timers, the idlest connection closed to
+//! make room at the limit, a lingering close at the end, and PROXY-protocol
+//! headers read before HTTP starts.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+
+use crate::connection::{Registry, Timeouts, Watched};
+use crate::gateway::service::{self, Shared};
+use crate::proxy::TrustList;
+use crate::wsgi::environ::Peer;
+
+/// What every accept loop and connection task shares.
+#[derive(Clone)]
+pub struct AcceptContext {
+    pub shared: Arc<Shared>,
+    pub builder: http1::Builder,
+    /// `connection_limit` slots.
+    pub limit: Arc<Semaphore>,
+    pub registry: Arc<Registry>,
+    pub timeouts: Timeouts,
+    /// Becomes true when the listeners must close (drain).
+    pub stop: watch::Receiver<bool>,
+}
+
+pub enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+    ProxyProtocol(TcpListener, Arc<TrustList>),
+}
+
+enum Accepted {
+    Tcp(TcpStream, Peer),
+    Unix(UnixStream),
+    /// Still to read its PROXY header.
+    ProxyProtocol(TcpStream, SocketAddr, SocketAddr),
+}
+
+impl Listener {
+    async fn accept(&self) -> std::io::Result<Option<Accepted>> {
+        Ok(Some(match self {
+            Listener::Tcp(l) => {
+                let (stream, remote) = l.accept().await?;
+                let local = stream.local_addr()?;
+                Accepted::Tcp(stream, Peer::Tcp { remote, local })
+            }
+            Listener::Unix(l) => Accepted::Unix(l.accept().await?.0),
+            Listener::ProxyProtocol(l, trusted) => {
+                let (stream, remote) = l.accept().await?;
+                if !trusted.trusts_ip(remote.ip()) {
+                    tracing::warn!(
+                        "refused a connection from {remote} on a PROXY protocol listener: \
+                         not in proxy_protocol.trusted"
+                    );
+                    return Ok(None);
+                }
+                let local = stream.local_addr()?;
+                Accepted::ProxyProtocol(stream, remote, local)
+            }
+        }))
+    }
+}
+
+/// How long to back off when `accept` fails (typically out of file
+/// descriptors), so the loop does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+pub async fn accept_loop(listener: Listener, ctx: AcceptContext) {
+    let mut stop = ctx.stop.clone();
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop.changed() => return,
+        };
+        let accepted = match accepted {
+            Ok(Some(a)) => a,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::error!("server accept() failed: {e}");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        // One connection at a time is held here; while it waits for a
+        // slot, later ones wait in the kernel backlog, as in Waitress.
+        let permit = match Arc::clone(&ctx.limit).try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                // At the limit: idle keep-alive connections must not starve
+                // new ones, so the longest-idle one is closed to make room.
+                // If every connection is busy, this one waits for the first
+                // to finish.
+                match wait_for_slot(&ctx, &mut stop).await {
+                    Some(permit) => permit,
+                    None => return,
+                }
+            }
+        };
+        match accepted {
+            Accepted::Tcp(stream, peer) => {
+                let _ = stream.set_nodelay(true);
+                spawn_connection(stream, peer, &ctx, permit);
+            }
+            Accepted::Unix(stream) => spawn_connection(stream, Peer::Unix, &ctx, permit),
+            Accepted::ProxyProtocol(stream, remote, local) => {
+                let _ = stream.set_nodelay(true);
+                let ctx = ctx.clone();
+                // The header is read on the connection's own task, so a slow
+                // balancer cannot hold up accepting.
+                tokio::spawn(async move {
+                    let mut stream = stream;
+                    match read_proxy_header(&mut stream, ctx.timeouts.header).await {
+                        Ok((source, rest)) => {
+                            let remote = source.unwrap_or(remote);
+                            let stream = Prefixed::new(rest, stream);
+                            spawn_connection(stream, Peer::Tcp { remote, local }, &ctx, permit);
+                        }
+                        Err(e) => tracing::warn!("closed a connection from {remote}: {e}"),
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// How often a connection waiting at the limit looks again for an idle
+/// connection to close (one that was busy may have finished its request).
+const EVICTION_RETRY: Duration = Duration::from_millis(50);
+
+/// Waits for a connection slot at the limit, closing the idlest idle
+/// connection to make one. `None` when the listeners are closing.
+async fn wait_for_slot(
+    ctx: &AcceptContext,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<OwnedSemaphorePermit> {
+    loop {
+        // An idle connection closes within microseconds; if the one asked
+        // has not (or none was idle), the next round asks another.
+        ctx.registry.close_idlest();
+        tokio::select! {
+            p = Arc::clone(&ctx.limit).acquire_owned() => return p.ok(),
+            _ = stop.changed() => return None,
+            _ = tokio::time::sleep(EVICTION_RETRY) => {}
+        }
+    }
+}
+
+/// Reads a PROXY protocol header; returns the client it names (if any)
+/// and the bytes that followed it.
+async fn read_proxy_header(
+    stream: &mut tokio::net::TcpStream,
+    timeout: Duration,
+) -> Result<(Option<SocketAddr>, bytes::Bytes), String> {
+    use crate::proxy::protocol::{self, Parsed};
+    let mut buf = bytes::BytesMut::with_capacity(256);
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match protocol::parse(&buf)? {
+            Parsed::Done { source, len } => return Ok((source, buf.split_off(len).freeze())),
+            Parsed::Incomplete => {}
+        }
+        let read = tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await;
+        match read {
+            Ok(Ok(0)) => return Err("the connection closed before a PROXY header".into()),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(format!("reading the PROXY header failed: {e}")),
+            Err(_) => return Err("no PROXY header within channel_timeout".into()),
+        }
+    }
+}
+
+/// A stream with bytes already read from it put back in front.
+struct Prefixed<S> {
+    prefix: bytes::Bytes,
+    io: S,
+}
+
+impl<S> Prefixed<S> {
+    fn new(prefix: bytes::Bytes, io: S) -> Self {
+        Prefixed { prefix, io }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix.split_to(n));
+            return std::task::Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, data)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+fn spawn_connection<S>(stream: S, peer: Peer, ctx: &AcceptContext, permit: OwnedSemaphorePermit)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let shared = Arc::clone(&ctx.shared);
+    let builder = ctx.builder.clone();
+    let registration = ctx.registry.register();
+    let state = Arc::clone(&registration.state);
+    let io = Watched::new(stream, ctx.timeouts, Arc::clone(&state));
+    tokio::spawn(async move {
+        let service_state = Arc::clone(&state);
+        // Boxed so the service future is Unpin, which taking the socket
+        // back from hyper (`poll_without_shutdown`) requires.
+        let service = hyper::service::service_fn(move |req| {
+            // Marked busy as soon as hyper has the head, before the future
+            // first runs, so an eviction never takes a request in hand.
+            let guard = service_state.begin();
+            Box::pin(service::handle(req, Arc::clone(&shared), peer, guard))
+        });
+        let mut conn = builder.serve_connection(TokioIo::new(io), service);
+        let close_state = Arc::clone(&state);
+        let mut closing = Box::pin(async move { close_state.closing().await });
+        let mut closed = false;
+        let result = std::future::poll_fn(|cx| {
+            if closed || closing.as_mut().poll(cx).is_ready() {
+                if state.can_drop_now() {
+                    // Idle, or in the middle of a head: nothing to lose.
+                    return Poll::Ready(Ok(()));
+                }
+                if !closed {
+                    // Busy: closes after the current response, which then
+                    // says `Connection: close`.
+                    Pin::new(&mut conn).graceful_shutdown();
+                }
+                closed = true;
+            }
+            conn.poll_without_shutdown(cx)
+        })
+        .await;
+        if let Err(e) = &result {
+            tracing::debug!("connection ended with an error: {e}");
+        }
+        // The connection no longer serves anyone: its slot is free even
+        // while the close lingers.
+        drop(registration);
+        drop(permit);
+        // Also after errors: a refused body or an app's short response still
+        // has bytes the client must be able to read before the close.
+        linger(conn.into_parts().io.into_inner()).await;
+    });
+}
+
+/// Longest a closing connection waits for the client to stop sending.
+const LINGER_TIME: Duration = Duration::from_secs(2);
+/// Most bytes read and discarded while lingering.
+const LINGER_BYTES: usize = 1 << 20;
+
+/// Closes a connection without destroying the response just sent.
+///
+/// When maitred closes a connection whose client is still sending (a
+/// refused upload, requests pipelined after a `Connection: close`), closing
+/// the socket with unread input makes the kernel send a reset, and the
+/// client may lose the response before reading it. So: send FIN, read and
+/// discard until the client closes too (or a bound is hit), then close,
+/// as nginx's lingering close does.
+async fn linger<S: AsyncRead + AsyncWrite + Unpin>(mut io: S) {
+    if io.shutdown().await.is_err() {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + LINGER_TIME;
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut discarded = 0;
+    while discarded < LINGER_BYTES {
+        match tokio::time::timeout_at(deadline, io.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => discarded += n,
+            _ => return,
+        }
+    }
+}

@@ -1,0 +1,294 @@
+//! Listening sockets: binding every address the settings name (TCP,
+//! IPv4 and IPv6, Unix sockets, PROXY-protocol listeners, the admin
+//! listener) and taking over sockets passed by systemd socket activation.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+use crate::config::{ListenSpec, Settings, display_addr};
+use crate::proxy::TrustList;
+
+/// A bound socket, before the runtime adopts it.
+pub enum Bound {
+    Tcp(std::net::TcpListener, SocketAddr),
+    Unix {
+        listener: std::os::unix::net::UnixListener,
+        path: PathBuf,
+        /// maitred created the socket file (and removes it on exit); a
+        /// socket from systemd belongs to systemd.
+        owned: bool,
+    },
+    /// A TCP listener whose connections start with a PROXY protocol header
+    /// from one of the trusted load balancers.
+    ProxyProtocol(std::net::TcpListener, SocketAddr, Arc<TrustList>),
+}
+
+impl Bound {
+    /// `http://127.0.0.1:8080` or `http://unix:/run/app.sock`: the form
+    /// Waitress prints in its "Serving on" line, which tools scrape.
+    pub fn url(&self) -> String {
+        match self {
+            Bound::Tcp(_, addr) | Bound::ProxyProtocol(_, addr, _) => {
+                format!("http://{}", display_addr(addr))
+            }
+            Bound::Unix { path, .. } => format!("http://unix:{}", path.display()),
+        }
+    }
+
+    /// The start-up line. PROXY-protocol listeners are announced
+    /// differently so tools looking for "Serving on" find only the plain
+    /// HTTP ones.
+    pub fn announcement(&self) -> String {
+        match self {
+            Bound::ProxyProtocol(..) => {
+                format!("Accepting PROXY protocol connections on {}", self.url())
+            }
+            _ => format!("Serving on {}", self.url()),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {what}: {cause}")]
+pub struct BindError {
+    what: String,
+    cause: String,
+}
+
+fn bind_error(what: impl Into<String>, cause: impl std::fmt::Display) -> BindError {
+    BindError {
+        what: what.into(),
+        cause: cause.to_string(),
+    }
+}
+
+/// Sockets passed by systemd socket activation (`sd_listen_fds(3)`):
+/// descriptors 3 to 3+`LISTEN_FDS`-1, when `LISTEN_PID` is this process.
+/// The variables are removed so child processes do not take them for
+/// theirs. Must be called first thing in `main`, before any other thread
+/// exists and before anything else can open or claim a descriptor.
+pub fn take_activated_sockets() -> Vec<OwnedFd> {
+    const FIRST: i32 = 3;
+    let ours = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+        .is_some_and(|pid| pid == std::process::id());
+    let count = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|n| n.parse::<i32>().ok())
+        .unwrap_or(0);
+    if !ours || count <= 0 {
+        return Vec::new();
+    }
+    // SAFETY: called at the start of `main` (the caller's contract), while
+    // the process has a single thread, so no other thread can be reading
+    // the environment concurrently.
+    unsafe {
+        std::env::remove_var("LISTEN_PID");
+        std::env::remove_var("LISTEN_FDS");
+        std::env::remove_var("LISTEN_FDNAMES");
+    }
+    let mut fds = Vec::new();
+    for fd in FIRST..FIRST.saturating_add(count) {
+        // SAFETY: fcntl and fstat accept any integer and only report on it.
+        // When both succeed, `fd` is an open socket that systemd passed to
+        // this process (LISTEN_PID is ours), which nothing in the process
+        // has claimed yet (this runs before any other code), so the OwnedFd
+        // becomes its only owner.
+        let owned = unsafe {
+            if libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) == -1 {
+                continue;
+            }
+            let mut st: libc::stat = std::mem::zeroed();
+            if libc::fstat(fd, &mut st) == -1 || st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+                continue;
+            }
+            OwnedFd::from_raw_fd(fd)
+        };
+        fds.push(owned);
+    }
+    fds
+}
+
+/// Binds every listener the settings name. Names resolve to all their
+/// addresses; `*` means every address of the enabled families, each IPv6
+/// socket being IPv6-only so it can coexist with the IPv4 one (as Waitress).
+/// Sockets from systemd replace `listen` and `unix_socket`.
+pub fn bind(settings: &Settings, activated: Vec<OwnedFd>) -> Result<Vec<Bound>, BindError> {
+    let mut bound = Vec::new();
+    let specs = if activated.is_empty() {
+        settings.listen_specs()
+    } else {
+        for fd in activated {
+            bound.push(adopt(fd)?);
+        }
+        Vec::new()
+    };
+    for spec in specs {
+        match spec {
+            ListenSpec::Tcp { host, port } => {
+                for addr in resolve(&host, port, settings.ipv4, settings.ipv6)? {
+                    if bound
+                        .iter()
+                        .any(|b| matches!(b, Bound::Tcp(_, a) | Bound::ProxyProtocol(_, a, _) if *a == addr))
+                    {
+                        continue;
+                    }
+                    let listener = bind_tcp(addr, settings.backlog)
+                        .map_err(|e| bind_error(display_addr(&addr), e))?;
+                    let local = listener
+                        .local_addr()
+                        .map_err(|e| bind_error(display_addr(&addr), e))?;
+                    bound.push(Bound::Tcp(listener, local));
+                }
+            }
+            ListenSpec::Unix { path, perms } => {
+                let listener = bind_unix(&path, perms, settings.backlog)?;
+                bound.push(Bound::Unix {
+                    listener,
+                    path,
+                    owned: true,
+                });
+            }
+        }
+    }
+    let pp = &settings.proxy_protocol;
+    if !pp.listen.is_empty() {
+        let trusted = Arc::new(
+            TrustList::parse(&pp.trusted).map_err(|e| bind_error("proxy_protocol.trusted", e))?,
+        );
+        for entry in &pp.listen {
+            let (host, port) =
+                crate::config::parse_listen(entry).map_err(|e| bind_error(entry.clone(), e))?;
+            for addr in resolve(&host, port, settings.ipv4, settings.ipv6)? {
+                let listener = bind_tcp(addr, settings.backlog)
+                    .map_err(|e| bind_error(display_addr(&addr), e))?;
+                let local = listener
+                    .local_addr()
+                    .map_err(|e| bind_error(display_addr(&addr), e))?;
+                bound.push(Bound::ProxyProtocol(listener, local, Arc::clone(&trusted)));
+            }
+        }
+    }
+    Ok(bound)
+}
+
+/// A socket from systemd as a listener of the kind it is.
+fn adopt(fd: OwnedFd) -> Result<Bound, BindError> {
+    let socket = Socket::from(fd);
+    let what = || "a socket from systemd".to_owned();
+    socket
+        .set_nonblocking(true)
+        .map_err(|e| bind_error(what(), e))?;
+    let local = socket.local_addr().map_err(|e| bind_error(what(), e))?;
+    if let Some(addr) = local.as_socket() {
+        return Ok(Bound::Tcp(socket.into(), addr));
+    }
+    let path = local
+        .as_pathname()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("(unnamed)"));
+    Ok(Bound::Unix {
+        listener: socket.into(),
+        path,
+        owned: false,
+    })
+}
+
+/// Binds the admin listener(s).
+pub fn bind_admin(
+    settings: &Settings,
+) -> Result<Vec<(std::net::TcpListener, SocketAddr)>, BindError> {
+    let mut out = Vec::new();
+    for entry in &settings.admin_listen {
+        let (host, port) =
+            crate::config::parse_listen(entry).map_err(|e| bind_error(entry.clone(), e))?;
+        for addr in resolve(&host, port, settings.ipv4, settings.ipv6)? {
+            let listener = bind_tcp(addr, 64)
+                .map_err(|e| bind_error(format!("{} (admin)", display_addr(&addr)), e))?;
+            let local = listener
+                .local_addr()
+                .map_err(|e| bind_error(display_addr(&addr), e))?;
+            out.push((listener, local));
+        }
+    }
+    Ok(out)
+}
+
+fn resolve(host: &str, port: u16, ipv4: bool, ipv6: bool) -> Result<Vec<SocketAddr>, BindError> {
+    let what = || format!("{host}:{port}");
+    if host == "*" {
+        let mut addrs = Vec::new();
+        if ipv4 {
+            addrs.push(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port));
+        }
+        if ipv6 {
+            addrs.push(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port));
+        }
+        return Ok(addrs);
+    }
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, port)]);
+    }
+    let addrs: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| bind_error(what(), format!("cannot resolve the host name: {e}")))?
+        .filter(|a| (a.is_ipv4() && ipv4) || (a.is_ipv6() && ipv6))
+        .collect();
+    if addrs.is_empty() {
+        return Err(bind_error(
+            what(),
+            "the name has no address of an enabled family",
+        ));
+    }
+    Ok(addrs)
+}
+
+fn bind_tcp(addr: SocketAddr, backlog: usize) -> std::io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+fn bind_unix(
+    path: &Path,
+    perms: u32,
+    backlog: usize,
+) -> Result<std::os::unix::net::UnixListener, BindError> {
+    let what = || format!("unix:{}", path.display());
+    // A socket file left by an earlier run is removed, as Waitress does;
+    // anything else at that path is someone else's file and is left alone.
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            std::fs::remove_file(path).map_err(|e| bind_error(what(), e))?;
+        }
+        Ok(_) => {
+            return Err(bind_error(what(), "the path exists and is not a socket"));
+        }
+        Err(_) => {}
+    }
+    let socket =
+        Socket::new(Domain::UNIX, Type::STREAM, None).map_err(|e| bind_error(what(), e))?;
+    let addr = SockAddr::unix(path).map_err(|e| bind_error(what(), e))?;
+    socket.bind(&addr).map_err(|e| bind_error(what(), e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(perms))
+        .map_err(|e| bind_error(what(), format!("cannot set permissions: {e}")))?;
+    socket
+        .listen(i32::try_from(backlog).unwrap_or(i32::MAX))
+        .map_err(|e| bind_error(what(), e))?;
+    socket
+        .set_nonblocking(true)
+        .map_err(|e| bind_error(what(), e))?;
+    Ok(socket.into())
+}
