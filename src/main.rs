@@ -111,7 +111,7 @@ fn main() -> ExitCode {
     if let Some(file) = &loaded.file {
         tracing::info!("settings file: {}", file.display());
     }
-    raise_fd_limit();
+    raise_fd_limit(settings.limits.connection_limit);
     match run(settings, activated) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Config(msg)) => {
@@ -142,23 +142,41 @@ impl From<StartError> for Failure {
 /// Raises the soft limit on open files to the hard limit, so the
 /// connection limit, not a default of 1024 descriptors, bounds how many
 /// clients are served (as servers such as nginx and Granian do).
-fn raise_fd_limit() {
+fn raise_fd_limit(connection_limit: usize) {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: getrlimit and setrlimit only read and write the struct passed,
     // which lives on this stack frame for the duration of the calls.
-    let raised = unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0
-            && limit.rlim_cur < limit.rlim_max
-            && {
-                limit.rlim_cur = limit.rlim_max;
-                libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0
+    let known = unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && {
+            if limit.rlim_cur < limit.rlim_max {
+                let raised = libc::rlimit {
+                    rlim_cur: limit.rlim_max,
+                    rlim_max: limit.rlim_max,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                    limit = raised;
+                    tracing::debug!("open-file limit raised to {}", limit.rlim_cur);
+                }
             }
+            true
+        }
     };
-    if raised {
-        tracing::debug!("open-file limit raised to {}", limit.rlim_cur);
+    // Each connection is one descriptor, plus listeners, spool files and
+    // Python's own files.
+    const SPARE: u64 = 64;
+    let needed = u64::try_from(connection_limit)
+        .unwrap_or(u64::MAX)
+        .saturating_add(SPARE);
+    if known && limit.rlim_cur < needed {
+        tracing::warn!(
+            "the open-file limit ({}) is below connection_limit ({connection_limit}) plus \
+             {SPARE} spare: accept() will fail before the limit is reached; raise \
+             `ulimit -n` (LimitNOFILE= under systemd) or lower connection_limit",
+            limit.rlim_cur
+        );
     }
 }
 

@@ -137,7 +137,8 @@ pub async fn serve(
     let first = signals.next(&registry).await;
     shared.health.ready.store(false, Ordering::Release);
     tracing::info!(
-        "{first} received: readiness fails from now on; the listeners close in {}s",
+        "{first} received: readiness fails from now on; the listeners close in {}s \
+         (signal again to exit at once)",
         plan.shutdown_delay.as_secs_f64()
     );
     let interrupted = tokio::select! {
