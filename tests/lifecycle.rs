@@ -598,3 +598,39 @@ fn systemd_socket_activation_keeps_the_unix_socket_file_it_does_not_own() {
     );
     assert!(path.exists(), "systemd's socket file is left alone");
 }
+
+// -------------------------------------------------------------- listeners
+
+#[test]
+fn a_star_listen_serves_ipv4_and_ipv6_on_one_port() {
+    let ipv6 = std::net::TcpListener::bind("[::1]:0").is_ok();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let s = server()
+        .no_listen()
+        .listeners(if ipv6 { 2 } else { 1 })
+        .args([format!("--listen=*:{port}"), "behaviours:app".into()])
+        .start();
+    let mut expected = vec![format!("http://0.0.0.0:{port}")];
+    let mut targets = vec![format!("127.0.0.1:{port}")];
+    if ipv6 {
+        // An IPv6-only socket beside the IPv4 one, as Waitress binds them.
+        expected.push(format!("http://[::]:{port}"));
+        targets.push(format!("[::1]:{port}"));
+    }
+    assert_eq!(s.urls(), expected.as_slice());
+    for target in targets {
+        let mut stream = TcpStream::connect(&target).expect("connect");
+        stream
+            .write_all(b"GET /list HTTP/1.0\r\n\r\n")
+            .expect("send");
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).expect("read");
+        assert!(
+            String::from_utf8_lossy(&raw).ends_with("one,two"),
+            "{target}"
+        );
+    }
+}
