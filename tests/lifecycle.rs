@@ -34,6 +34,13 @@ fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// A connection with `GET /sleep?SECONDS` sent on it.
+fn sleeping(s: &common::Server, seconds: &str) -> Conn {
+    let mut c = Conn::open(s);
+    c.send_str(&format!("GET /sleep?{seconds} HTTP/1.1\r\nHost: t\r\n\r\n"));
+    c
+}
+
 const GET_LIST: &str = "GET /list HTTP/1.1\r\nHost: t\r\n\r\n";
 
 // ---------------------------------------------------------------- signals
@@ -43,8 +50,7 @@ fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
     let mut s = server()
         .args(["--shutdown-delay=0", "behaviours:app"])
         .start();
-    let mut c = Conn::open(&s);
-    c.send_str("GET /sleep?0.5 HTTP/1.1\r\nHost: t\r\n\r\n");
+    let mut c = sleeping(&s, "0.5");
     std::thread::sleep(Duration::from_millis(150));
     s.signal("TERM");
     let r = c.response();
@@ -144,8 +150,7 @@ fn graceful_timeout_cuts_what_is_left_and_exits_1() {
             "behaviours:app",
         ])
         .start();
-    let mut c = Conn::open(&s);
-    c.send_str("GET /sleep?5 HTTP/1.1\r\nHost: t\r\n\r\n");
+    let _in_flight = sleeping(&s, "5");
     std::thread::sleep(Duration::from_millis(200));
     let signalled = Instant::now();
     s.signal("TERM");
@@ -166,8 +171,7 @@ fn a_second_signal_exits_at_once() {
         let mut s = server()
             .args([&format!("--shutdown-delay={delay}"), "behaviours:app"])
             .start();
-        let mut c = Conn::open(&s);
-        c.send_str("GET /sleep?5 HTTP/1.1\r\nHost: t\r\n\r\n");
+        let _in_flight = sleeping(&s, "5");
         std::thread::sleep(Duration::from_millis(200));
         s.signal("TERM");
         std::thread::sleep(Duration::from_millis(300));
@@ -186,8 +190,7 @@ fn a_second_signal_exits_at_once() {
 #[test]
 fn sigquit_exits_at_once() {
     let mut s = server().arg("behaviours:app").start();
-    let mut c = Conn::open(&s);
-    c.send_str("GET /sleep?5 HTTP/1.1\r\nHost: t\r\n\r\n");
+    let _in_flight = sleeping(&s, "5");
     std::thread::sleep(Duration::from_millis(200));
     s.signal("QUIT");
     let status = s.wait_exit(Duration::from_secs(3)).expect("exits");
@@ -246,8 +249,7 @@ fn at_the_limit_with_every_connection_busy_newcomers_wait_in_the_backlog() {
     let s = server()
         .args(["--connection-limit=1", "behaviours:app"])
         .start();
-    let mut busy = Conn::open(&s);
-    busy.send_str("GET /sleep?1 HTTP/1.1\r\nHost: t\r\n\r\n");
+    let mut busy = sleeping(&s, "1");
     std::thread::sleep(Duration::from_millis(100));
     let mut waiting = Conn::open(&s);
     waiting.send_str(GET_LIST);
@@ -366,11 +368,9 @@ fn request_timeout_also_covers_time_spent_queued() {
             "behaviours:app",
         ])
         .start();
-    let mut running = Conn::open(&s);
-    running.send_str("GET /sleep?0.8 HTTP/1.1\r\nHost: t\r\n\r\n");
+    let mut running = sleeping(&s, "0.8");
     std::thread::sleep(Duration::from_millis(100));
-    let mut queued = Conn::open(&s);
-    queued.send_str("GET /sleep?0.8 HTTP/1.1\r\nHost: t\r\n\r\n");
+    let mut queued = sleeping(&s, "0.8");
     assert_eq!(running.response().status, 200);
     assert_eq!(queued.response().status, 504);
 }
@@ -466,17 +466,22 @@ fn slowloris_connections_are_cut_while_normal_requests_go_on() {
 
 // ------------------------------------------------------------------ queue
 
+/// With `--threads=1 --limits-max-queue=1`: a request of `seconds` on the
+/// only thread and a short one waiting in the queue, in that order.
+fn saturate(s: &common::Server, seconds: &str) -> (Conn, Conn) {
+    let running = sleeping(s, seconds);
+    std::thread::sleep(Duration::from_millis(200));
+    let queued = sleeping(s, "0.1");
+    std::thread::sleep(Duration::from_millis(200));
+    (running, queued)
+}
+
 #[test]
 fn a_full_queue_answers_503_with_retry_after() {
     let s = server()
         .args(["--threads=1", "--limits-max-queue=1", "behaviours:app"])
         .start();
-    let mut running = Conn::open(&s);
-    running.send_str("GET /sleep?1 HTTP/1.1\r\nHost: t\r\n\r\n");
-    std::thread::sleep(Duration::from_millis(200));
-    let mut queued = Conn::open(&s);
-    queued.send_str("GET /sleep?0.1 HTTP/1.1\r\nHost: t\r\n\r\n");
-    std::thread::sleep(Duration::from_millis(200));
+    let (mut running, mut queued) = saturate(&s, "1");
 
     let started = Instant::now();
     let r = s.get("/list");
@@ -503,12 +508,7 @@ fn probes_answer_apart_from_the_app_and_its_queue() {
     assert_ne!(s.admin_addr(), s.addr());
 
     // The only thread busy and the queue full: probes still answer at once.
-    let mut running = Conn::open(&s);
-    running.send_str("GET /sleep?1.5 HTTP/1.1\r\nHost: t\r\n\r\n");
-    std::thread::sleep(Duration::from_millis(100));
-    let mut queued = Conn::open(&s);
-    queued.send_str("GET /sleep?0.1 HTTP/1.1\r\nHost: t\r\n\r\n");
-    std::thread::sleep(Duration::from_millis(200));
+    let (mut running, mut queued) = saturate(&s, "1.5");
     let started = Instant::now();
     assert_eq!(s.admin_get("/livez").0, 200);
     assert_eq!(s.admin_get("/readyz").0, 200);
