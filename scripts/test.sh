@@ -41,6 +41,10 @@ if [ -n "$missing" ]; then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq $missing >/dev/null
 fi
 
+# Offline checkers the tests drive (promtool, hadolint, kubernetes-validate,
+# a kustomize renderer), installed under target/tools.
+./scripts/tools.sh
+
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy"

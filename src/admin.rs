@@ -6,6 +6,7 @@
 //!   within [`GIL_WITHIN`]. A failing liveness probe restarts the pod, so
 //!   this checks for a wedged interpreter, not a busy one.
 //! - `/readyz`: the app is imported and the server is not draining.
+//! - `/metrics`: the Prometheus text exposition (see [`crate::metrics`]).
 //!
 //! Requests here never enter the Python queue, the proxy logic or the app,
 //! and are not counted against `connection_limit`.
@@ -81,11 +82,29 @@ async fn route(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>
                 text(StatusCode::SERVICE_UNAVAILABLE, "not ready: draining\n")
             }
         }
+        "/metrics" => {
+            let m = crate::metrics::get();
+            // Gauges that mirror counters kept elsewhere are read at scrape
+            // time, so the request path does not update them twice.
+            m.queue_depth.set(gauge(shared.pool.queued()));
+            m.python_threads_busy.set(gauge(shared.pool.busy()));
+            let mut response = text(StatusCode::OK, "");
+            *response.body_mut() = Full::new(Bytes::from(m.render()));
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+            );
+            response
+        }
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: /livez, /healthz, /readyz\n",
+            "not found: /livez, /healthz, /readyz, /metrics\n",
         ),
     }
+}
+
+fn gauge(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {

@@ -28,6 +28,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
+use crate::metrics::{self, ConnectionTimeout};
+
 const HEAD_TOO_SLOW: &str = "request head not complete within header_timeout";
 
 /// Milliseconds since the first call, as a cheap comparable timestamp.
@@ -41,6 +43,9 @@ fn now_ms() -> u64 {
 #[derive(Debug)]
 pub struct ConnState {
     busy: AtomicBool,
+    /// Requests begun on this connection: a head timer started before the
+    /// latest one began belongs to a head that has since been parsed.
+    requests: AtomicU64,
     /// `now_ms()` when the connection last became idle.
     idle_since: AtomicU64,
     close: Notify,
@@ -54,6 +59,7 @@ impl ConnState {
     fn new() -> Self {
         ConnState {
             busy: AtomicBool::new(false),
+            requests: AtomicU64::new(0),
             idle_since: AtomicU64::new(now_ms()),
             close: Notify::new(),
             close_requested: AtomicBool::new(false),
@@ -76,6 +82,7 @@ impl ConnState {
     /// A request head has been parsed; returns a guard that marks the
     /// connection idle again when the response is over (or abandoned).
     pub fn begin(self: &Arc<Self>) -> RequestGuard {
+        self.requests.fetch_add(1, Ordering::Relaxed);
         self.busy.store(true, Ordering::Relaxed);
         RequestGuard(Arc::clone(self))
     }
@@ -124,6 +131,7 @@ pub struct Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         self.registry.lock().remove(&self.id);
+        metrics::get().connections_active.dec();
     }
 }
 
@@ -136,6 +144,7 @@ impl Registry {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let state = Arc::new(ConnState::new());
         self.lock().insert(id, Arc::clone(&state));
+        metrics::get().connections_active.inc();
         Registration {
             registry: Arc::clone(self),
             id,
@@ -155,6 +164,7 @@ impl Registry {
         match idlest {
             Some(c) => {
                 c.request_close();
+                metrics::get().connections_evicted.inc();
                 true
             }
             None => false,
@@ -192,9 +202,12 @@ pub struct Watched<S> {
     timeouts: Timeouts,
     state: Arc<ConnState>,
     last_activity: Instant,
-    /// When the first byte of the head now being received arrived.
-    head_started: Option<Instant>,
+    /// When the first byte of the head now being received arrived, and
+    /// how many requests had begun then.
+    head_started: Option<(Instant, u64)>,
     timer: Pin<Box<Sleep>>,
+    /// A timeout has been reported (and counted) already.
+    timed_out: bool,
 }
 
 impl<S> Watched<S> {
@@ -207,29 +220,54 @@ impl<S> Watched<S> {
             last_activity: now,
             head_started: None,
             timer: Box::pin(tokio::time::sleep_until(now + timeouts.channel)),
+            timed_out: false,
         }
     }
 
-    fn deadline(&self) -> (Instant, &'static str) {
+    fn deadline(&self) -> (Instant, ConnectionTimeout) {
         let idle = (
             self.last_activity + self.timeouts.channel,
-            "no progress for longer than channel_timeout",
+            ConnectionTimeout::Channel,
         );
         match self.head_started {
-            Some(start) if start + self.timeouts.header < idle.0 => {
-                (start + self.timeouts.header, HEAD_TOO_SLOW)
+            Some((start, _)) if start + self.timeouts.header < idle.0 => {
+                (start + self.timeouts.header, ConnectionTimeout::Header)
             }
             _ => idle,
         }
     }
 
+    /// The error a timeout ends the connection with, counted once.
+    fn expired(&mut self, which: ConnectionTimeout) -> io::Error {
+        if !self.timed_out {
+            self.timed_out = true;
+            metrics::get().connection_timed_out(which);
+        }
+        let why = match which {
+            ConnectionTimeout::Header => HEAD_TOO_SLOW,
+            ConnectionTimeout::Channel => "no progress for longer than channel_timeout",
+        };
+        io::Error::new(io::ErrorKind::TimedOut, why)
+    }
+
     fn note_read(&mut self) {
         let now = Instant::now();
         self.last_activity = now;
-        if self.state.is_busy() {
-            self.head_started = None;
-        } else if self.head_started.is_none() {
-            self.head_started = Some(now);
+        self.forget_parsed_head();
+        if !self.state.is_busy() && self.head_started.is_none() {
+            self.head_started = Some((now, self.state.requests.load(Ordering::Relaxed)));
+        }
+    }
+
+    /// Stops the head timer once its head has been parsed: while a request
+    /// is in progress, and after it (a request that never made a read wait
+    /// would otherwise leave its timer running into the idle time that
+    /// follows, cutting keep-alive connections at `header_timeout`).
+    fn forget_parsed_head(&mut self) {
+        if let Some((_, begun)) = self.head_started {
+            if self.state.is_busy() || self.state.requests.load(Ordering::Relaxed) != begun {
+                self.head_started = None;
+            }
         }
     }
 
@@ -244,9 +282,7 @@ impl<S> Watched<S> {
     /// has passed. The timer is re-armed lazily, so progress costs only a
     /// clock read.
     fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
-        if self.state.is_busy() {
-            self.head_started = None;
-        }
+        self.forget_parsed_head();
         loop {
             let (deadline, why) = self.deadline();
             if self.timer.deadline() != deadline {
@@ -256,7 +292,7 @@ impl<S> Watched<S> {
                 return Poll::Pending;
             }
             if Instant::now() >= self.deadline().0 {
-                return Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, why));
+                return Poll::Ready(self.expired(why));
             }
         }
     }
@@ -276,12 +312,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
                     // A client that always has the next byte ready never
                     // makes a read wait, so the head deadline is also
                     // checked here.
-                    if let Some(start) = self.head_started {
+                    if let Some((start, _)) = self.head_started {
                         if start.elapsed() >= self.timeouts.header {
-                            return Poll::Ready(Err(io::Error::new(
-                                io::ErrorKind::TimedOut,
-                                HEAD_TOO_SLOW,
-                            )));
+                            return Poll::Ready(Err(self.expired(ConnectionTimeout::Header)));
                         }
                     }
                 }
@@ -396,6 +429,27 @@ mod tests {
             "{:?}",
             started.elapsed()
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_keep_alive_connection_is_not_cut_by_the_last_heads_timer() {
+        let (mut client, server) = tokio::io::duplex(64);
+        let (mut w, state) = watched(server);
+        let started = Instant::now();
+        // A request arrives and is answered without the server ever
+        // waiting on a read while it was busy.
+        client
+            .write_all(b"GET / HTTP/1.1\r\n\r\n")
+            .await
+            .expect("write");
+        let mut buf = [0u8; 18];
+        w.read_exact(&mut buf).await.expect("head");
+        drop(state.begin());
+        // Then the connection idles: only channel_timeout may end it.
+        let err = w.read(&mut [0u8; 8]).await.expect_err("times out");
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(err.to_string().contains("channel_timeout"), "{err}");
+        assert_eq!(started.elapsed(), T.channel);
     }
 
     #[tokio::test(start_paused = true)]

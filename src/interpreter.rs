@@ -229,9 +229,38 @@ pub fn initialize(settings: &Settings) -> Result<PythonInfo, StartError> {
             virtualenv: venv.clone(),
         };
         setup_sys_path(py, settings)?;
+        watch_gc(py)?;
         Ok::<_, PyErr>(info)
     })
     .map_err(|e| StartError::Python(format!("cannot set up Python: {e}")))
+}
+
+/// Feeds `cpython_gc_*` from `gc.callbacks`, installed before the app is
+/// imported so its import-time collections count too.
+fn watch_gc(py: Python<'_>) -> PyResult<()> {
+    let callback = pyo3::wrap_pyfunction!(gc_callback, py)?;
+    py.import("gc")?
+        .getattr("callbacks")?
+        .call_method1("append", (callback,))?;
+    Ok(())
+}
+
+/// Called by CPython at the start and stop of every collection; the
+/// `stop` call carries the generation and what was collected.
+#[pyfunction]
+fn gc_callback(phase: &str, info: &Bound<'_, pyo3::types::PyDict>) -> PyResult<()> {
+    if phase != "stop" {
+        return Ok(());
+    }
+    let field = |name: &str| -> PyResult<u64> {
+        Ok(match info.get_item(name)? {
+            Some(v) => v.extract().unwrap_or(0),
+            None => 0,
+        })
+    };
+    let generation = usize::try_from(field("generation")?).unwrap_or(usize::MAX);
+    crate::metrics::get().gc_collection(generation, field("collected")?, field("uncollectable")?);
+    Ok(())
 }
 
 /// Waitress appends the working directory to `sys.path`; `--app-dir`

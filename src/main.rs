@@ -5,6 +5,7 @@
 //! import exits 1 with its traceback), then the sockets, so that the
 //! "Serving on" line means the server really is ready.
 
+mod access;
 mod admin;
 mod cli;
 mod config;
@@ -12,6 +13,7 @@ mod connection;
 mod gateway;
 mod interpreter;
 mod logging;
+mod metrics;
 mod proxy;
 mod server;
 mod wsgi;
@@ -251,6 +253,27 @@ fn run(settings: Settings, activated: Vec<std::os::fd::OwnedFd>) -> Result<(), F
                 settings.ident
             ))
         })?;
+    let access = if settings.log.access {
+        // Validated with the other settings.
+        let format = access::Format::parse(&settings.log.access_format).ok_or_else(|| {
+            Failure::Config("log.access_format: must be `combined` or `json`".into())
+        })?;
+        let log = access::AccessLog::start(format)
+            .map_err(|e| Failure::Other(format!("cannot start the access log writer: {e}")))?;
+        Some(log)
+    } else {
+        None
+    };
+    metrics::get().describe(
+        settings.limits.connection_limit,
+        settings.limits.max_queue,
+        settings.threads,
+        python
+            .version
+            .split_whitespace()
+            .next()
+            .unwrap_or("unknown"),
+    );
     let shared = Arc::new(gateway::service::Shared {
         pool,
         health: gateway::service::Health::default(),
@@ -270,6 +293,7 @@ fn run(settings: Settings, activated: Vec<std::os::fd::OwnedFd>) -> Result<(), F
         inbuf_overflow: settings.limits.inbuf_overflow.as_usize(),
         server: server_header,
         ident: settings.ident.clone(),
+        access: access.clone(),
     });
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -286,7 +310,7 @@ fn run(settings: Settings, activated: Vec<std::os::fd::OwnedFd>) -> Result<(), F
     }
     for (_, addr) in &admin {
         tracing::info!(
-            "Admin listener (/livez, /readyz) on http://{}",
+            "Admin listener (/livez, /readyz, /metrics) on http://{}",
             config::display_addr(addr)
         );
     }
@@ -309,6 +333,9 @@ fn run(settings: Settings, activated: Vec<std::os::fd::OwnedFd>) -> Result<(), F
             server::serve(listeners, shared, builder, plan).await
         })
         .map_err(|e| Failure::Other(format!("server failed: {e}")))?;
+    if let Some(log) = &access {
+        log.flush(std::time::Duration::from_secs(2));
+    }
     // Python's threads are parked in the job queue; the process exits
     // without finalizing the interpreter, as Waitress's daemon threads do.
     std::process::exit(i32::from(code))

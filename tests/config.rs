@@ -139,6 +139,8 @@ fn samples() -> Vec<(&'static str, &'static str, &'static str, Value)> {
         ),
         ("log.level", "\"debug\"", "debug", json!("debug")),
         ("log.format", "\"json\"", "json", json!("json")),
+        ("log.access", "true", "true", json!(true)),
+        ("log.access_format", "\"json\"", "json", json!("json")),
     ]
 }
 

@@ -172,6 +172,12 @@ pub struct Log {
     /// `text` or `json`.
     #[serde(deserialize_with = "values::string")]
     pub format: String,
+    /// Write an access log line per request to stdout.
+    #[serde(deserialize_with = "values::bool")]
+    pub access: bool,
+    /// `combined` or `json`.
+    #[serde(deserialize_with = "values::string")]
+    pub access_format: String,
 }
 
 /// Waitress's default `listen`, kept so `waitress-serve` users get the same
@@ -256,6 +262,9 @@ impl Default for Log {
         Log {
             level: "info".to_owned(),
             format: "text".to_owned(),
+            // Waitress leaves access logging to middleware (TransLogger).
+            access: false,
+            access_format: "combined".to_owned(),
         }
     }
 }
@@ -424,6 +433,12 @@ impl Settings {
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             problems.push(Problem::new("log.format", "must be `text` or `json`"));
+        }
+        if crate::access::Format::parse(&self.log.access_format).is_none() {
+            problems.push(Problem::new(
+                "log.access_format",
+                "must be `combined` or `json`",
+            ));
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             problems.push(Problem::new(

@@ -137,7 +137,7 @@ pub static SETTINGS: &[Setting] = &[
     setting("expose_tracebacks", Switch, "", "Put the traceback into the body of 500 responses (never in production)"),
     setting("shutdown_delay", Value, "DURATION", "After SIGTERM/SIGINT, keep serving this long (readiness already failing) so load balancers stop sending, then close the listeners"),
     setting("graceful_timeout", Value, "DURATION", "After the listeners close, how long requests in flight get to finish before the process exits anyway"),
-    setting("admin_listen", List, "HOST:PORT", "Admin listener for /livez, /healthz and /readyz, apart from the app listeners; empty disables it"),
+    setting("admin_listen", List, "HOST:PORT", "Admin listener for /livez, /healthz, /readyz and /metrics (Prometheus), apart from the app listeners; empty disables it"),
     aliased(setting("limits.max_request_header_size", Value, "SIZE", "Largest request line plus headers; larger gets 431"), &["max-request-header-size"]),
     setting("limits.max_request_headers", Value, "N", "Most header fields in one request; more get 431"),
     aliased(setting("limits.max_request_body_size", Value, "SIZE", "Largest request body; larger gets 413, checked as it arrives"), &["max-request-body-size"]),
@@ -158,7 +158,9 @@ pub static SETTINGS: &[Setting] = &[
     setting("proxy_protocol.listen", List, "HOST:PORT", "Extra listeners where every connection starts with a PROXY protocol (v1 or v2) header, as from AWS NLB or HAProxy"),
     setting("proxy_protocol.trusted", List, "ADDR", "Load balancers allowed to connect to those listeners: IPs, CIDR ranges or *"),
     setting("log.level", Value, "LEVEL", "error, warn, info, debug, trace, or a tracing filter such as maitred=debug (RUST_LOG wins)"),
-    setting("log.format", Value, "FORMAT", "text or json"),
+    setting("log.format", Value, "FORMAT", "Server and application log format on stderr: text or json"),
+    setting("log.access", Switch, "", "Write an access log line per request to stdout (off by default, as in Waitress)"),
+    setting("log.access_format", Value, "FORMAT", "Access log format: combined (Apache/nginx) or json (one object per line, OpenTelemetry attribute names)"),
 ];
 
 /// Waitress flags that tune its asyncore loop and have no counterpart here.

@@ -18,6 +18,7 @@ use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use tokio::task::JoinHandle;
 
+use super::record::Record;
 use crate::connection::RequestGuard;
 use crate::wsgi::outbuf::{Next, Outbuf, Stop};
 use crate::wsgi::{DeferredClose, FileBody};
@@ -40,6 +41,10 @@ pub struct ResponseBody {
     uri: Arc<str>,
     /// Marks the connection idle again when the response is over.
     guard: Option<RequestGuard>,
+    /// The request's metrics and access-log record, finished on drop.
+    record: Option<(Record, http::StatusCode)>,
+    /// Body bytes handed to hyper so far.
+    sent: u64,
 }
 
 enum Source {
@@ -96,12 +101,20 @@ impl ResponseBody {
             failure: None,
             uri,
             guard: None,
+            record: None,
+            sent: 0,
         }
     }
 
     /// Keeps the connection marked busy until this body is done with.
     pub fn with_guard(mut self, guard: RequestGuard) -> Self {
         self.guard = Some(guard);
+        self
+    }
+
+    /// Finishes `record` with `status` when hyper is done with this body.
+    pub fn with_record(mut self, record: Record, status: http::StatusCode) -> Self {
+        self.record = Some((record, status));
         self
     }
 
@@ -234,6 +247,7 @@ impl http_body::Body for ResponseBody {
                     if data.is_empty() {
                         continue;
                     }
+                    this.sent += data.len() as u64;
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
                 Some(Err(e)) => e,
@@ -279,6 +293,14 @@ impl http_body::Body for ResponseBody {
         match self.remaining {
             Some(n) => SizeHint::with_exact(n),
             None => SizeHint::default(),
+        }
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        if let Some((record, status)) = self.record.take() {
+            record.finish(status, self.sent);
         }
     }
 }

@@ -4,4 +4,5 @@
 
 pub mod body;
 pub mod policy;
+pub mod record;
 pub mod service;

@@ -7,9 +7,107 @@
 use http::header::{CONNECTION, CONTENT_TYPE, HOST};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Version};
 
+/// Why maitred answers a request itself; each reason has one status. The
+/// labels are those of `maitred_gateway_responses_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// A malformed request (head, body framing or forwarding header).
+    BadRequest,
+    /// A path outside `url_prefix` with `url_prefix_strict`.
+    OutsidePrefix,
+    /// `CONNECT`.
+    MethodNotAllowed,
+    /// The body stopped arriving.
+    BodyTimeout,
+    /// The body is larger than `max_request_body_size`.
+    BodyTooLarge,
+    /// A request target longer than hyper accepts.
+    UriTooLong,
+    /// The head is larger than `max_request_header_size`, or has more than
+    /// `max_request_headers` fields.
+    HeadersTooLarge,
+    /// The application failed before its response started.
+    AppError,
+    /// maitred itself failed (e.g. it could not spool a body).
+    InternalError,
+    /// Every Python thread is busy and `max_queue` requests are waiting.
+    QueueFull,
+    /// The Python threads have stopped.
+    ShuttingDown,
+    /// No response within `request_timeout`.
+    RequestTimeout,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 12] = [
+        Refusal::BadRequest,
+        Refusal::OutsidePrefix,
+        Refusal::MethodNotAllowed,
+        Refusal::BodyTimeout,
+        Refusal::BodyTooLarge,
+        Refusal::UriTooLong,
+        Refusal::HeadersTooLarge,
+        Refusal::AppError,
+        Refusal::InternalError,
+        Refusal::QueueFull,
+        Refusal::ShuttingDown,
+        Refusal::RequestTimeout,
+    ];
+
+    pub fn status(self) -> StatusCode {
+        match self {
+            Refusal::BadRequest => StatusCode::BAD_REQUEST,
+            Refusal::OutsidePrefix => StatusCode::NOT_FOUND,
+            Refusal::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Refusal::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Refusal::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Refusal::UriTooLong => StatusCode::URI_TOO_LONG,
+            Refusal::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Refusal::AppError | Refusal::InternalError => StatusCode::INTERNAL_SERVER_ERROR,
+            Refusal::QueueFull | Refusal::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::RequestTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::BadRequest => "bad_request",
+            Refusal::OutsidePrefix => "outside_prefix",
+            Refusal::MethodNotAllowed => "method_not_allowed",
+            Refusal::BodyTimeout => "body_timeout",
+            Refusal::BodyTooLarge => "body_too_large",
+            Refusal::UriTooLong => "uri_too_long",
+            Refusal::HeadersTooLarge => "headers_too_large",
+            Refusal::AppError => "app_error",
+            Refusal::InternalError => "internal_error",
+            Refusal::QueueFull => "queue_full",
+            Refusal::ShuttingDown => "shutting_down",
+            Refusal::RequestTimeout => "request_timeout",
+        }
+    }
+
+    /// What hyper answered on its own when it could not parse a request
+    /// head (it writes those responses itself), if it answered at all.
+    pub fn of_parse_error(err: &hyper::Error) -> Option<Refusal> {
+        if !err.is_parse() || err.is_parse_version_h2() || err.is_parse_status() {
+            return None;
+        }
+        if err.is_parse_too_large() {
+            // hyper has no accessor telling the two apart; its message does.
+            return Some(if err.to_string().contains("URI") {
+                Refusal::UriTooLong
+            } else {
+                Refusal::HeadersTooLarge
+            });
+        }
+        Some(Refusal::BadRequest)
+    }
+}
+
 /// A response maitred gives instead of calling the app.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
+    pub reason: Refusal,
     pub status: StatusCode,
     pub detail: String,
     /// Seconds for a `Retry-After` header (503).
@@ -17,9 +115,10 @@ pub struct Rejection {
 }
 
 impl Rejection {
-    pub fn new(status: StatusCode, detail: impl Into<String>) -> Self {
+    pub fn new(reason: Refusal, detail: impl Into<String>) -> Self {
         Rejection {
-            status,
+            reason,
+            status: reason.status(),
             detail: detail.into(),
             retry_after: None,
         }
@@ -44,7 +143,7 @@ pub fn check_head(
     // because `get` is nearly always a broken client, not an extension.
     if method.as_str().bytes().any(|b| b.is_ascii_lowercase()) {
         return Err(Rejection::new(
-            StatusCode::BAD_REQUEST,
+            Refusal::BadRequest,
             format!("Malformed HTTP method \"{}\"", method.as_str()),
         ));
     }
@@ -52,7 +151,7 @@ pub fn check_head(
     // WSGI app cannot serve (Waitress passes it on and garbles PATH_INFO).
     if method == Method::CONNECT {
         return Err(Rejection::new(
-            StatusCode::METHOD_NOT_ALLOWED,
+            Refusal::MethodNotAllowed,
             "CONNECT is not supported by a WSGI server",
         ));
     }
@@ -61,7 +160,7 @@ pub fn check_head(
     for name in [HOST, CONTENT_TYPE] {
         if headers.get_all(&name).iter().nth(1).is_some() {
             return Err(Rejection::new(
-                StatusCode::BAD_REQUEST,
+                Refusal::BadRequest,
                 format!("Duplicate header: {}", title_case(name.as_str())),
             ));
         }
@@ -76,7 +175,7 @@ pub fn check_head(
 
 pub fn body_too_large(max_body: u64) -> Rejection {
     Rejection::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
+        Refusal::BodyTooLarge,
         format!("exceeds max_body of {max_body}"),
     )
 }

@@ -6,7 +6,7 @@ use std::convert::Infallible;
 use std::io::{Seek, SeekFrom};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use http::header::{
@@ -21,9 +21,12 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::oneshot;
 
 use super::body::ResponseBody;
-use super::policy::{self, Rejection};
+use super::policy::{self, Refusal, Rejection};
+use super::record::Record;
+use crate::access::AccessLog;
 use crate::connection::RequestGuard;
-use crate::proxy::{Outcome, ProxyConfig};
+use crate::metrics::{self, ProxyHeaderFate};
+use crate::proxy::{HeaderSet, Outcome, ProxyConfig};
 use crate::wsgi::environ::{self, EnvironConfig, Head, Peer};
 use crate::wsgi::{AppBody, Call, Pool, Refused, Reply, RequestBody};
 
@@ -44,6 +47,8 @@ pub struct Shared {
     /// `Server` header value; `None` when `ident` is empty.
     pub server: Option<HeaderValue>,
     pub ident: String,
+    /// The access log's writer, when `log.access` is on.
+    pub access: Option<AccessLog>,
 }
 
 /// Whether the server is ready for traffic; read by the admin probes.
@@ -58,30 +63,31 @@ pub async fn handle(
     peer: Peer,
     guard: RequestGuard,
 ) -> Result<Response<ResponseBody>, Infallible> {
-    // The connection is busy until the response body has been sent (or
-    // dropped): the guard travels with the body.
-    let response = respond_to(req, &shared, peer).await;
-    Ok(response.map(|body| body.with_guard(guard)))
-}
-
-async fn respond_to(
-    req: Request<Incoming>,
-    shared: &Arc<Shared>,
-    peer: Peer,
-) -> Response<ResponseBody> {
-    match serve_request(req, shared, peer).await {
+    let (parts, body) = req.into_parts();
+    let mut record = Record::begin(
+        &parts,
+        &peer,
+        &shared.proxy.default_scheme,
+        shared.access.as_ref(),
+    );
+    let response = match serve_request(parts, body, &shared, peer, &mut record).await {
         Ok(response) | Err(response) => response,
-    }
+    };
+    // The connection is busy, and the request's record open, until the
+    // response body has been sent (or dropped): both travel with the body.
+    let status = response.status();
+    Ok(response.map(|body| body.with_guard(guard).with_record(record, status)))
 }
 
 /// The request's path; `Err` carries a response maitred wrote itself.
 async fn serve_request(
-    req: Request<Incoming>,
+    parts: Parts,
+    body: Incoming,
     shared: &Arc<Shared>,
     peer: Peer,
+    record: &mut Record,
 ) -> Result<Response<ResponseBody>, Response<ResponseBody>> {
     let shared = &**shared;
-    let (parts, body) = req.into_parts();
     let declared = body.size_hint().exact().filter(|_| has_body(&parts));
     if let Err(rejection) =
         policy::check_head(&parts.method, &parts.headers, declared, shared.max_body)
@@ -94,10 +100,15 @@ async fn serve_request(
         Ok(outcome) => outcome,
         Err(rejection) => return Err(reject(shared, parts.version, rejection)),
     };
+    record.forwarded(
+        outcome.remote_addr.as_deref(),
+        outcome.url_scheme.as_deref(),
+    );
     let received = match receive(body, &parts, shared).await {
         Ok(received) => received,
         Err(rejection) => return Err(reject(shared, parts.version, rejection)),
     };
+    record.request_body(received.len);
     let head = Head {
         method: parts.method.as_str(),
         uri: &parts.uri,
@@ -114,7 +125,7 @@ async fn serve_request(
         return Err(reject(
             shared,
             parts.version,
-            Rejection::new(StatusCode::NOT_FOUND, detail),
+            Rejection::new(Refusal::OutsidePrefix, detail),
         ));
     }
     let uri: Arc<str> = Arc::from(parts.uri.to_string());
@@ -124,19 +135,17 @@ async fn serve_request(
         body: received.body,
         reply: tx,
         head: parts.method == Method::HEAD,
+        queued_at: Instant::now(),
     };
     match shared.pool.submit(call) {
         Ok(()) => {}
         Err(Refused::QueueFull) => {
             let detail = "All threads are busy and the queue is full; retry shortly";
-            let rejection = Rejection::new(StatusCode::SERVICE_UNAVAILABLE, detail).retry_after(1);
+            let rejection = Rejection::new(Refusal::QueueFull, detail).retry_after(1);
             return Err(reject(shared, parts.version, rejection));
         }
         Err(Refused::Stopped) => {
-            let rejection = Rejection::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "The server is shutting down",
-            );
+            let rejection = Rejection::new(Refusal::ShuttingDown, "The server is shutting down");
             return Err(reject(shared, parts.version, rejection));
         }
     }
@@ -159,7 +168,7 @@ async fn serve_request(
                 return Err(reject(
                     shared,
                     parts.version,
-                    Rejection::new(StatusCode::GATEWAY_TIMEOUT, detail),
+                    Rejection::new(Refusal::RequestTimeout, detail),
                 ));
             }
         },
@@ -173,7 +182,7 @@ async fn serve_request(
                 shared,
                 parts.version,
                 Rejection::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
+                    Refusal::InternalError,
                     "The server encountered an unexpected internal server error",
                 ),
             ));
@@ -193,6 +202,18 @@ fn forwarding(
         Peer::Unix => None,
     };
     let shown = || peer_ip.map_or_else(|| "unix".to_owned(), |ip| ip.to_canonical().to_string());
+    let present = HeaderSet::present_in(headers);
+    if !present.is_empty() {
+        let (ignored, trusted_peer) = proxy.disbelieved(peer_ip, present);
+        let fate = if trusted_peer {
+            ProxyHeaderFate::NotListed
+        } else {
+            ProxyHeaderFate::UntrustedPeer
+        };
+        for h in ignored.iter() {
+            metrics::get().proxy_header_rejected(h, fate);
+        }
+    }
     match proxy.outcome(peer_ip, headers) {
         Ok(outcome) => {
             if proxy.log_untrusted && !outcome.removed_present.is_empty() {
@@ -208,6 +229,7 @@ fn forwarding(
             Ok(outcome)
         }
         Err(m) => {
+            metrics::get().proxy_header_rejected(m.source(), ProxyHeaderFate::Malformed);
             tracing::warn!(
                 "Malformed proxy header \"{}\" from \"{}\": {} value: {}",
                 m.header,
@@ -215,7 +237,7 @@ fn forwarding(
                 m.reason,
                 m.value
             );
-            Err(Rejection::new(StatusCode::BAD_REQUEST, m.detail()))
+            Err(Rejection::new(Refusal::BadRequest, m.detail()))
         }
     }
 }
@@ -250,7 +272,7 @@ async fn receive(
             Ok(None) => break,
             Err(_) => {
                 return Err(Rejection::new(
-                    StatusCode::REQUEST_TIMEOUT,
+                    Refusal::BodyTimeout,
                     "The request body stopped arriving (body_timeout)",
                 ));
             }
@@ -299,12 +321,12 @@ fn body_error(err: hyper::Error) -> Rejection {
         .is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut);
     if timed_out {
         return Rejection::new(
-            StatusCode::REQUEST_TIMEOUT,
+            Refusal::BodyTimeout,
             "The request body stopped arriving (channel_timeout)",
         );
     }
     Rejection::new(
-        StatusCode::BAD_REQUEST,
+        Refusal::BadRequest,
         format!("Malformed request body: {cause}"),
     )
 }
@@ -312,7 +334,7 @@ fn body_error(err: hyper::Error) -> Rejection {
 fn spool_failed(err: std::io::Error) -> Rejection {
     tracing::error!("cannot spool a request body to a temporary file: {err}");
     Rejection::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
+        Refusal::InternalError,
         "The request body could not be stored",
     )
 }
@@ -321,6 +343,7 @@ fn spool_failed(err: std::io::Error) -> Rejection {
 /// after a refusal the rest of the request may not have been read, so the
 /// byte stream cannot be trusted for another request.
 pub fn reject(shared: &Shared, version: Version, rejection: Rejection) -> Response<ResponseBody> {
+    metrics::get().gateway_response(rejection.reason);
     let body = policy::error_body(rejection.status, &rejection.detail, &shared.ident);
     let mut response = Response::new(ResponseBody::text(body));
     *response.status_mut() = rejection.status;
@@ -356,7 +379,7 @@ fn respond(shared: &Shared, req: &Parts, reply: Reply, uri: Arc<str>) -> Respons
             return reject(
                 shared,
                 req.version,
-                Rejection::new(StatusCode::INTERNAL_SERVER_ERROR, detail),
+                Rejection::new(Refusal::AppError, detail),
             );
         }
     };
@@ -365,10 +388,7 @@ fn respond(shared: &Shared, req: &Parts, reply: Reply, uri: Arc<str>) -> Respons
         return reject(
             shared,
             req.version,
-            Rejection::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "invalid status from application",
-            ),
+            Rejection::new(Refusal::InternalError, "invalid status from application"),
         );
     };
     // RFC 9110 §8.6: no Content-Length on a 204; on a 304 only the one the

@@ -119,6 +119,22 @@ impl HeaderSet {
     pub fn iter(self) -> impl Iterator<Item = Header> {
         Header::ALL.into_iter().filter(move |h| self.contains(*h))
     }
+
+    /// The forwarding headers a request carries. One pass over the header
+    /// names with a prefix test, so asking costs next to nothing when
+    /// there are none.
+    pub fn present_in(headers: &HeaderMap) -> HeaderSet {
+        let mut set = HeaderSet::NONE;
+        for name in headers.keys() {
+            let name = name.as_str();
+            if name.starts_with("x-forwarded-") || name == "forwarded" {
+                if let Some(h) = Header::from_name(name) {
+                    set.insert(h);
+                }
+            }
+        }
+        set
+    }
 }
 
 /// Which peers may speak for the client.
@@ -307,6 +323,14 @@ pub struct Malformed {
 }
 
 impl Malformed {
+    /// Which header it was (`Forwarded Proto=` is the Forwarded header).
+    pub fn source(&self) -> Header {
+        Header::ALL
+            .into_iter()
+            .find(|h| h.name() == self.header)
+            .unwrap_or(Header::Forwarded)
+    }
+
     /// The body text, as Waitress writes it.
     pub fn detail(&self) -> String {
         format!("Header \"{}\" malformed.", self.header)
@@ -360,6 +384,17 @@ impl Forwarding {
 }
 
 impl ProxyConfig {
+    /// The forwarding headers in `present` that are not believed, and why:
+    /// all of them from a peer that is not trusted; from a trusted peer,
+    /// those not listed in `proxy.headers`.
+    pub fn disbelieved(&self, peer: Option<IpAddr>, present: HeaderSet) -> (HeaderSet, bool) {
+        if self.trusted.trusts_peer(peer) {
+            (present.minus(self.headers), true)
+        } else {
+            (present, false)
+        }
+    }
+
     /// [`resolve`] for a request as hyper parsed it. A request from a peer
     /// that is not trusted needs no header scan unless removals are logged,
     /// which keeps the common case (no proxy) free.

@@ -17,7 +17,9 @@ use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::connection::{Registry, Timeouts, Watched};
+use crate::gateway::policy::Refusal;
 use crate::gateway::service::{self, Shared};
+use crate::metrics::{self, ConnectionRefusal};
 use crate::proxy::TrustList;
 use crate::wsgi::environ::Peer;
 
@@ -59,6 +61,7 @@ impl Listener {
             Listener::ProxyProtocol(l, trusted) => {
                 let (stream, remote) = l.accept().await?;
                 if !trusted.trusts_ip(remote.ip()) {
+                    metrics::get().connection_rejected(ConnectionRefusal::ProxyProtocolUntrusted);
                     tracing::warn!(
                         "refused a connection from {remote} on a PROXY protocol listener: \
                          not in proxy_protocol.trusted"
@@ -87,6 +90,7 @@ pub async fn accept_loop(listener: Listener, ctx: AcceptContext) {
             Ok(Some(a)) => a,
             Ok(None) => continue,
             Err(e) => {
+                metrics::get().connection_rejected(ConnectionRefusal::AcceptError);
                 tracing::error!("server accept() failed: {e}");
                 tokio::time::sleep(ACCEPT_BACKOFF).await;
                 continue;
@@ -94,9 +98,11 @@ pub async fn accept_loop(listener: Listener, ctx: AcceptContext) {
         };
         // One connection at a time is held here; while it waits for a
         // slot, later ones wait in the kernel backlog, as in Waitress.
+        metrics::get().connections_accepted.inc();
         let permit = match Arc::clone(&ctx.limit).try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
+                metrics::get().connection_limit_reached.inc();
                 // At the limit: idle keep-alive connections must not starve
                 // new ones, so the longest-idle one is closed to make room.
                 // If every connection is busy, this one waits for the first
@@ -126,7 +132,11 @@ pub async fn accept_loop(listener: Listener, ctx: AcceptContext) {
                             let stream = Prefixed::new(rest, stream);
                             spawn_connection(stream, Peer::Tcp { remote, local }, &ctx, permit);
                         }
-                        Err(e) => tracing::warn!("closed a connection from {remote}: {e}"),
+                        Err(e) => {
+                            metrics::get()
+                                .connection_rejected(ConnectionRefusal::ProxyProtocolInvalid);
+                            tracing::warn!("closed a connection from {remote}: {e}");
+                        }
                     }
                 });
             }
@@ -279,6 +289,10 @@ where
         })
         .await;
         if let Err(e) = &result {
+            // hyper answers an unparsable head itself (400, 414, 431).
+            if let Some(refusal) = Refusal::of_parse_error(e) {
+                metrics::get().gateway_response(refusal);
+            }
             tracing::debug!("connection ended with an error: {e}");
         }
         // The connection no longer serves anyone: its slot is free even

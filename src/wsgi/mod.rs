@@ -32,6 +32,8 @@ pub struct Call {
     /// A HEAD request: the connection drops the body unread, which is not
     /// a client disconnect worth logging.
     pub head: bool,
+    /// When the call was handed to the pool (for the queue-wait metric).
+    pub queued_at: std::time::Instant,
 }
 
 /// A request body, fully received before the app is called, so a slow

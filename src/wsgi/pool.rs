@@ -44,6 +44,8 @@ pub struct Pool {
     max_queue: usize,
     /// Threads still running their loop (they only stop if the pool does).
     alive: Arc<AtomicUsize>,
+    /// Threads running a request right now.
+    busy: Arc<AtomicUsize>,
     threads: usize,
     gil_probe: Arc<AtomicBool>,
     _threads: Vec<JoinHandle<()>>,
@@ -75,6 +77,7 @@ impl Pool {
         let (jobs, queue) = crossbeam_channel::unbounded::<Job>();
         let queued = Arc::new(AtomicUsize::new(0));
         let alive = Arc::new(AtomicUsize::new(0));
+        let busy = Arc::new(AtomicUsize::new(0));
         let config = Arc::new(config);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let mut threads = Vec::with_capacity(config.threads);
@@ -88,6 +91,7 @@ impl Pool {
                 ready: ready_tx.clone(),
                 queued: Arc::clone(&queued),
                 alive: Arc::clone(&alive),
+                busy: Arc::clone(&busy),
             };
             let handle = std::thread::Builder::new()
                 .name(format!("maitred-py-{i}"))
@@ -108,6 +112,7 @@ impl Pool {
             queued,
             max_queue: config.max_queue,
             alive,
+            busy,
             threads: config.threads,
             gil_probe: Arc::new(AtomicBool::new(false)),
             _threads: threads,
@@ -125,6 +130,16 @@ impl Pool {
             self.queued.fetch_sub(1, Ordering::AcqRel);
             Refused::Stopped
         })
+    }
+
+    /// Requests waiting for a thread.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Acquire)
+    }
+
+    /// Threads running a request.
+    pub fn busy(&self) -> usize {
+        self.busy.load(Ordering::Acquire)
     }
 
     /// Whether every Python thread is still running and the GIL can be

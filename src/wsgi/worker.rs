@@ -40,6 +40,8 @@ pub(super) struct ThreadContext {
     pub queued: Arc<AtomicUsize>,
     /// Running threads (this one counts itself while in its loop).
     pub alive: Arc<AtomicUsize>,
+    /// Threads running a request.
+    pub busy: Arc<AtomicUsize>,
 }
 
 /// Counts a thread as alive for as long as it is in its loop, however it
@@ -75,6 +77,9 @@ pub(super) fn thread_main(ctx: ThreadContext) {
             match job {
                 Job::Call(call) => {
                     ctx.queued.fetch_sub(1, Ordering::AcqRel);
+                    crate::metrics::get()
+                        .queue_wait
+                        .observe(call.queued_at.elapsed().as_secs_f64());
                     // The client left, or gave up (request_timeout), while
                     // the request waited: running the app would be wasted.
                     if call.reply.is_closed() {
@@ -82,7 +87,9 @@ pub(super) fn thread_main(ctx: ThreadContext) {
                     }
                     // A bug in maitred must cost one request, not a thread:
                     // the reply channel drops and the client gets a 500.
+                    ctx.busy.fetch_add(1, Ordering::AcqRel);
                     let ran = std::panic::catch_unwind(AssertUnwindSafe(|| worker.run(py, call)));
+                    ctx.busy.fetch_sub(1, Ordering::AcqRel);
                     if ran.is_err() {
                         tracing::error!(
                             "internal error while running a request; see the panic message above"
@@ -151,6 +158,7 @@ impl Worker {
             body,
             reply,
             head,
+            queued_at: _,
         } = call;
         let uri: Arc<str> = Arc::from(cgi.get(Var::RequestUri).unwrap_or(""));
         let responder = StartResponse::new(reply, self.config.output, Arc::clone(&uri));
@@ -361,6 +369,7 @@ impl Worker {
             responder.borrow_mut().fail(String::new());
             return;
         }
+        count_exception(py, err);
         let traceback = format_exception(py, err);
         tracing::error!(target: "maitred::app", "Exception while serving {uri}\n{traceback}");
         let detail = if self.config.expose_tracebacks {
@@ -381,6 +390,7 @@ impl Worker {
         match iterable.hasattr(close) {
             Ok(true) => {
                 if let Err(e) = iterable.call_method0(close) {
+                    count_exception(py, &e);
                     tracing::error!(
                         target: "maitred::app",
                         "Exception in close() of the response to {uri}\n{}",
@@ -391,5 +401,15 @@ impl Worker {
             Ok(false) => {}
             Err(e) => tracing::error!(target: "maitred::app", "{}", format_exception(py, &e)),
         }
+    }
+}
+
+/// Counts an exception from the app by its qualified type name
+/// (`maitred_app_exceptions_total`).
+fn count_exception(py: Python<'_>, err: &PyErr) {
+    let ty = err.get_type(py);
+    match ty.fully_qualified_name() {
+        Ok(name) => crate::metrics::get().app_exception(&name.to_string_lossy()),
+        Err(_) => crate::metrics::get().app_exception("_OTHER"),
     }
 }

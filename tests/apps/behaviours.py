@@ -424,6 +424,20 @@ def events(environ, start_response):
     return _json(start_response, snapshot)
 
 
+class AppSpecificError(Exception):
+    """An exception type of the app's own, for the exception-type metric."""
+
+
+def app_error(environ, start_response):
+    raise AppSpecificError("raised by the app")
+
+
+def collect_garbage(environ, start_response):
+    import gc
+    found = gc.collect()
+    return _plain(start_response, "collected %d\n" % found)
+
+
 def python_info(environ, start_response):
     return _json(start_response, {
         "prefix": sys.prefix,
@@ -487,6 +501,8 @@ ROUTES = {
     "/thread": thread_name,
     "/events": events,
     "/python": python_info,
+    "/app-error": app_error,
+    "/gc": collect_garbage,
 }
 
 

@@ -258,7 +258,7 @@ impl Server {
         self.log()
             .lines()
             .filter_map(|l| l.split("Serving on ").nth(1))
-            .map(|u| u.trim().to_owned())
+            .map(until_quote)
             .collect()
     }
 
@@ -283,10 +283,10 @@ impl Server {
         self.log()
             .lines()
             .find_map(|l| {
-                l.split("Admin listener (/livez, /readyz) on http://")
+                l.split("Admin listener (/livez, /readyz, /metrics) on http://")
                     .nth(1)
             })
-            .map(|a| a.trim().to_owned())
+            .map(until_quote)
             .expect("an admin listener")
     }
 
@@ -401,6 +401,11 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A value as it ends a text log line or sits inside a JSON one.
+fn until_quote(text: &str) -> String {
+    text.trim().split('"').next().unwrap_or("").to_owned()
 }
 
 pub fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
