@@ -765,7 +765,10 @@ fn the_examples_are_valid_configurations() {
 
     let k8s = examples.join("kubernetes-sidecar.toml");
     let v = show(server().arg(format!("--config={}", k8s.display())));
-    assert_eq!(entry(&v, "listen").0, &json!(["127.0.0.1:8080"]));
+    // Istio's sidecar forwards to the pod IP, so the example listens on
+    // every address and trusts loopback only.
+    assert_eq!(entry(&v, "listen").0, &json!(["0.0.0.0:8080"]));
+    assert_eq!(entry(&v, "proxy.trusted").0, &json!(["127.0.0.0/8"]));
     assert_eq!(entry(&v, "proxy.count").0, &json!(2));
     assert_eq!(entry(&v, "log.format").0, &json!("json"));
 
