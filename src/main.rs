@@ -28,6 +28,13 @@ use crate::config::Settings;
 use crate::interpreter::StartError;
 use crate::wsgi::environ::EnvironConfig;
 
+/// mimalloc instead of glibc's allocator: requests allocate and free many
+/// small buffers, often on different threads (a response built on a Python
+/// thread is freed on the I/O thread), which glibc's arenas handle poorly
+/// (see docs/performance.md). Python keeps its own allocator for objects.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit status for a configuration mistake (as clap uses for usage errors).
 const EXIT_CONFIG: u8 = 2;
 /// Exit status when Python, the app or a socket cannot be set up.

@@ -7,6 +7,7 @@
 //! through an [`outbuf::Outbuf`], or a file the I/O side reads itself. No
 //! socket is ever touched with the GIL held.
 
+mod dispatch;
 pub mod environ;
 pub mod outbuf;
 mod pool;

@@ -9,10 +9,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender};
 use pyo3::prelude::*;
 
 use super::Call;
+use super::dispatch::Dispatch;
+pub use super::dispatch::Refused;
 use super::worker;
 
 /// What a pool thread can be asked to do.
@@ -38,10 +39,7 @@ pub struct PoolConfig {
 }
 
 pub struct Pool {
-    jobs: Sender<Job>,
-    /// Requests submitted and not yet taken by a thread.
-    queued: Arc<AtomicUsize>,
-    max_queue: usize,
+    dispatch: Arc<Dispatch>,
     /// Threads still running their loop (they only stop if the pool does).
     alive: Arc<AtomicUsize>,
     /// Threads running a request right now.
@@ -49,15 +47,6 @@ pub struct Pool {
     threads: usize,
     gil_probe: Arc<AtomicBool>,
     _threads: Vec<JoinHandle<()>>,
-}
-
-/// Why a request was not queued.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refused {
-    /// `max_queue` requests are already waiting.
-    QueueFull,
-    /// The pool has shut down.
-    Stopped,
 }
 
 /// What `/livez` learns about the Python side.
@@ -72,10 +61,7 @@ impl Pool {
     /// Starts the threads and waits until each has built its per-thread
     /// state, so a failure there stops start-up instead of the first request.
     pub fn start(app: Py<PyAny>, config: PoolConfig) -> Result<Pool, String> {
-        // Unbounded as a channel: requests are bounded by `queued` below,
-        // and `close()` jobs must never be refused.
-        let (jobs, queue) = crossbeam_channel::unbounded::<Job>();
-        let queued = Arc::new(AtomicUsize::new(0));
+        let dispatch = Arc::new(Dispatch::new(config.max_queue, config.threads));
         let alive = Arc::new(AtomicUsize::new(0));
         let busy = Arc::new(AtomicUsize::new(0));
         let config = Arc::new(config);
@@ -86,10 +72,8 @@ impl Pool {
             let ctx = worker::ThreadContext {
                 app,
                 config: Arc::clone(&config),
-                queue: queue.clone(),
-                jobs: jobs.clone(),
+                dispatch: Arc::clone(&dispatch),
                 ready: ready_tx.clone(),
-                queued: Arc::clone(&queued),
                 alive: Arc::clone(&alive),
                 busy: Arc::clone(&busy),
             };
@@ -108,9 +92,7 @@ impl Pool {
             }
         }
         Ok(Pool {
-            jobs,
-            queued,
-            max_queue: config.max_queue,
+            dispatch,
             alive,
             busy,
             threads: config.threads,
@@ -122,19 +104,15 @@ impl Pool {
     /// Queues a request, unless `max_queue` requests are already waiting.
     /// A refused call (and its reply channel) is dropped.
     pub fn submit(&self, call: Call) -> Result<(), Refused> {
-        if self.queued.fetch_add(1, Ordering::AcqRel) >= self.max_queue {
-            self.queued.fetch_sub(1, Ordering::AcqRel);
-            return Err(Refused::QueueFull);
+        if self.alive.load(Ordering::Acquire) == 0 {
+            return Err(Refused::Stopped);
         }
-        self.jobs.send(Job::Call(call)).map_err(|_| {
-            self.queued.fetch_sub(1, Ordering::AcqRel);
-            Refused::Stopped
-        })
+        self.dispatch.submit_call(Job::Call(call))
     }
 
     /// Requests waiting for a thread.
     pub fn queued(&self) -> usize {
-        self.queued.load(Ordering::Acquire)
+        self.dispatch.queued()
     }
 
     /// Threads running a request.
@@ -174,20 +152,18 @@ impl Pool {
     }
 }
 
-pub(super) type JobQueue = Receiver<Job>;
-
 /// Runs an iterable's `close()` on a pool thread when dropped, which is when
 /// the I/O side has finished sending (or abandoned) the body.
 pub struct DeferredClose {
     iterable: Option<Py<PyAny>>,
-    jobs: Sender<Job>,
+    dispatch: Arc<Dispatch>,
 }
 
 impl DeferredClose {
-    pub(super) fn new(iterable: Py<PyAny>, jobs: Sender<Job>) -> Self {
+    pub(super) fn new(iterable: Py<PyAny>, dispatch: Arc<Dispatch>) -> Self {
         DeferredClose {
             iterable: Some(iterable),
-            jobs,
+            dispatch,
         }
     }
 }
@@ -195,9 +171,7 @@ impl DeferredClose {
 impl Drop for DeferredClose {
     fn drop(&mut self) {
         if let Some(iterable) = self.iterable.take() {
-            // If the pool is gone the process is exiting; the object is then
-            // released by pyo3's deferred reference counting.
-            let _ = self.jobs.send(Job::Close(iterable));
+            self.dispatch.submit(Job::Close(iterable));
         }
     }
 }

@@ -12,13 +12,13 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crossbeam_channel::Sender;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
+use super::dispatch::{Dispatch, Parker};
 use super::environ::Var;
 use super::outbuf::Stop;
-use super::pool::{DeferredClose, Job, JobQueue, PoolConfig};
+use super::pool::{DeferredClose, Job, PoolConfig};
 use super::start_response::{ClientDisconnected, StartResponse, chunk_bytes, wait_for_room};
 use super::streams::{ErrorStream, FileWrapper};
 use super::{Call, CgiVars, FileBody, RequestBody};
@@ -33,11 +33,8 @@ const GENERIC_500: &str = "The server encountered an unexpected internal server 
 pub(super) struct ThreadContext {
     pub app: Py<PyAny>,
     pub config: Arc<PoolConfig>,
-    pub queue: JobQueue,
-    pub jobs: Sender<Job>,
+    pub dispatch: Arc<Dispatch>,
     pub ready: std::sync::mpsc::Sender<Result<(), String>>,
-    /// Requests waiting (decremented as this thread takes one).
-    pub queued: Arc<AtomicUsize>,
     /// Running threads (this one counts itself while in its loop).
     pub alive: Arc<AtomicUsize>,
     /// Threads running a request.
@@ -69,14 +66,10 @@ pub(super) fn thread_main(ctx: ThreadContext) {
         ctx.alive.fetch_add(1, Ordering::AcqRel);
         let _alive = AliveGuard(Arc::clone(&ctx.alive));
         let _ = ctx.ready.send(Ok(()));
-        loop {
-            let queue = &ctx.queue;
-            let Ok(job) = py.detach(|| queue.recv()) else {
-                break;
-            };
+        let me = Parker::current();
+        while let Some(job) = ctx.dispatch.take(py, &me) {
             match job {
                 Job::Call(call) => {
-                    ctx.queued.fetch_sub(1, Ordering::AcqRel);
                     crate::metrics::get()
                         .queue_wait
                         .observe(call.queued_at.elapsed().as_secs_f64());
@@ -112,7 +105,7 @@ enum Outcome {
 struct Worker {
     app: Py<PyAny>,
     config: Arc<PoolConfig>,
-    jobs: Sender<Job>,
+    dispatch: Arc<Dispatch>,
     template: Py<PyDict>,
     keys: Vec<Py<PyString>>,
     header_keys: HashMap<String, Py<PyString>>,
@@ -143,7 +136,7 @@ impl Worker {
         Ok(Worker {
             app: ctx.app.clone_ref(py),
             config: Arc::clone(config),
-            jobs: ctx.jobs.clone(),
+            dispatch: Arc::clone(&ctx.dispatch),
             template: template.unbind(),
             keys,
             header_keys: HashMap::new(),
@@ -287,7 +280,8 @@ impl Worker {
                     // Waitress's rule: a declared length shorter than the
                     // file caps it; a longer one is corrected to the file.
                     let len = declared.map_or(size, |d| d.min(size));
-                    let close = DeferredClose::new(iterable.clone().unbind(), self.jobs.clone());
+                    let close =
+                        DeferredClose::new(iterable.clone().unbind(), Arc::clone(&self.dispatch));
                     let body = FileBody {
                         file,
                         offset,

@@ -1,0 +1,387 @@
+//! Handing jobs to the Python threads with as few thread wake-ups as the
+//! application allows.
+//!
+//! A wake-up costs two context switches and, when the woken thread then
+//! needs the GIL, a GIL hand-over too; at tens of thousands of requests per
+//! second that is most of the cost of a request. So:
+//!
+//! - a thread that finishes a job takes the next one without releasing the
+//!   GIL, and sleeps only when the queue is empty;
+//! - a submitted job wakes a sleeping thread only when no thread is awake:
+//!   an awake thread will reach the job by itself;
+//! - an awake thread may be blocked rather than busy (an app waiting on a
+//!   database or `time.sleep`), so a watchdog on the I/O side wakes one
+//!   more thread whenever jobs have been waiting for [`STALL`] with none
+//!   taken. An I/O-bound app thus gets every thread it needs within a few
+//!   milliseconds, and a CPU-bound one keeps running on a single thread
+//!   with the GIL uncontended.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::Thread;
+use std::time::Duration;
+
+use pyo3::prelude::*;
+
+use super::pool::Job;
+
+/// How long queued jobs may wait with none taken before another thread is
+/// woken.
+pub const STALL: Duration = Duration::from_millis(1);
+
+/// Rounds of busy-waiting (1, 2, 4, ... spin hints) and then of yielding
+/// the CPU before a thread with an empty queue goes to sleep.
+const SPIN_ROUNDS: u32 = 6;
+const YIELD_ROUNDS: u32 = 4;
+
+/// Why a request was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// `max_queue` requests are already waiting.
+    QueueFull,
+    /// The pool has shut down.
+    Stopped,
+}
+
+pub struct Dispatch {
+    state: Mutex<State>,
+    /// Jobs taken so far: the watchdog's measure of progress.
+    taken: AtomicU64,
+    watchdog: AtomicBool,
+    max_queue: usize,
+}
+
+#[derive(Default)]
+struct State {
+    jobs: VecDeque<Job>,
+    /// Requests among `jobs` (`close()` jobs do not count against
+    /// `max_queue`).
+    calls: usize,
+    /// Sleeping threads, most recently active last: it is woken first,
+    /// its caches still warm.
+    idle: Vec<Arc<Parker>>,
+    /// Threads awake (running a job or about to look for one).
+    awake: usize,
+    closed: bool,
+}
+
+/// One thread's sleeping place.
+pub struct Parker {
+    thread: Thread,
+    notified: AtomicBool,
+}
+
+impl Parker {
+    /// For the calling thread.
+    pub fn current() -> Arc<Parker> {
+        Arc::new(Parker {
+            thread: std::thread::current(),
+            notified: AtomicBool::new(false),
+        })
+    }
+
+    fn wait(&self) {
+        while !self.notified.swap(false, Ordering::Acquire) {
+            std::thread::park();
+        }
+    }
+
+    fn notify(&self) {
+        self.notified.store(true, Ordering::Release);
+        self.thread.unpark();
+    }
+}
+
+impl Dispatch {
+    /// `threads` start awake: each looks at the queue before sleeping.
+    pub fn new(max_queue: usize, threads: usize) -> Dispatch {
+        Dispatch {
+            state: Mutex::new(State {
+                awake: threads,
+                ..State::default()
+            }),
+            taken: AtomicU64::new(0),
+            watchdog: AtomicBool::new(false),
+            max_queue,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues a request unless `max_queue` are waiting already.
+    pub fn submit_call(self: &Arc<Self>, job: Job) -> Result<(), Refused> {
+        self.push(job, true)
+    }
+
+    /// Queues work that must not be refused (an iterable's `close()`).
+    pub fn submit(self: &Arc<Self>, job: Job) {
+        let _ = self.push(job, false);
+    }
+
+    fn push(self: &Arc<Self>, job: Job, bounded: bool) -> Result<(), Refused> {
+        let mut state = self.lock();
+        if state.closed {
+            return Err(Refused::Stopped);
+        }
+        if bounded {
+            if state.calls >= self.max_queue {
+                return Err(Refused::QueueFull);
+            }
+            state.calls += 1;
+        }
+        state.jobs.push_back(job);
+        let wake = if state.awake == 0 {
+            state.idle.pop().inspect(|_| state.awake += 1)
+        } else {
+            None
+        };
+        let sleeping = !state.idle.is_empty();
+        drop(state);
+        match wake {
+            Some(parker) => parker.notify(),
+            None if sleeping => self.arm_watchdog(),
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// The next job for the calling Python thread, sleeping (with the GIL
+    /// released) while there is none. `None` once the pool is closed.
+    pub fn take(&self, py: Python<'_>, me: &Arc<Parker>) -> Option<Job> {
+        let mut round = 0;
+        loop {
+            {
+                let mut state = self.lock();
+                if let Some(job) = state.jobs.pop_front() {
+                    if matches!(job, Job::Call(_)) {
+                        state.calls -= 1;
+                    }
+                    drop(state);
+                    self.taken.fetch_add(1, Ordering::Relaxed);
+                    return Some(job);
+                }
+                if state.closed {
+                    return None;
+                }
+                // Under load the next request is usually microseconds
+                // away: a short spin, then a few yields to the I/O thread
+                // that is producing it, are cheaper than sleeping.
+                if round < SPIN_ROUNDS + YIELD_ROUNDS {
+                    drop(state);
+                    if round < SPIN_ROUNDS {
+                        for _ in 0..(1 << round) {
+                            std::hint::spin_loop();
+                        }
+                    } else {
+                        std::thread::yield_now();
+                    }
+                    round += 1;
+                    continue;
+                }
+                state.awake -= 1;
+                state.idle.push(Arc::clone(me));
+            }
+            // Whoever wakes this thread has counted it awake again.
+            py.detach(|| me.wait());
+            round = 0;
+        }
+    }
+
+    /// Wakes one sleeping thread, if any; true if one was woken.
+    fn wake_one(&self) -> bool {
+        let parker = {
+            let mut state = self.lock();
+            let parker = state.idle.pop();
+            if parker.is_some() {
+                state.awake += 1;
+            }
+            parker
+        };
+        parker.map(|p| p.notify()).is_some()
+    }
+
+    /// Requests waiting for a thread.
+    pub fn queued(&self) -> usize {
+        self.lock().calls
+    }
+
+    /// Jobs are waiting while some thread sleeps: the state the watchdog
+    /// exists for.
+    fn waiting_with_idle(&self) -> bool {
+        let state = self.lock();
+        !state.jobs.is_empty() && !state.idle.is_empty()
+    }
+
+    /// Starts the stall watchdog unless it runs already. It lives on the
+    /// I/O runtime (submissions come from there); without one, as in unit
+    /// tests or a `close()` dropped elsewhere, the job waits for an awake
+    /// thread.
+    fn arm_watchdog(self: &Arc<Self>) {
+        if self.watchdog.load(Ordering::Relaxed) || self.watchdog.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(watchdog(Arc::clone(self)));
+            }
+            Err(_) => self.watchdog.store(false, Ordering::Release),
+        }
+    }
+
+    /// Refuses further jobs and wakes every thread so it can exit.
+    #[cfg(test)]
+    pub fn close(&self) {
+        let idle = {
+            let mut state = self.lock();
+            state.closed = true;
+            std::mem::take(&mut state.idle)
+        };
+        for p in idle {
+            p.notify();
+        }
+    }
+}
+
+/// Wakes another thread whenever jobs wait for [`STALL`] with none taken;
+/// ends when nothing waits.
+async fn watchdog(d: Arc<Dispatch>) {
+    let mut seen = d.taken.load(Ordering::Relaxed);
+    loop {
+        tokio::time::sleep(STALL).await;
+        if !d.waiting_with_idle() {
+            d.watchdog.store(false, Ordering::Release);
+            // A submission between the check and the store saw the flag
+            // still set and did not start a watchdog: look once more.
+            if d.waiting_with_idle() && !d.watchdog.swap(true, Ordering::AcqRel) {
+                continue;
+            }
+            return;
+        }
+        let now = d.taken.load(Ordering::Relaxed);
+        if now == seen {
+            d.wake_one();
+        }
+        seen = now;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    fn close_job(py: Python<'_>) -> Job {
+        Job::Close(py.None())
+    }
+
+    /// Threads that take jobs and count them.
+    fn workers(
+        d: &Arc<Dispatch>,
+        n: usize,
+        per_job: Duration,
+    ) -> (Vec<std::thread::JoinHandle<()>>, Arc<AtomicUsize>) {
+        let done = Arc::new(AtomicUsize::new(0));
+        let handles = (0..n)
+            .map(|_| {
+                let d = Arc::clone(d);
+                let done = Arc::clone(&done);
+                std::thread::spawn(move || {
+                    Python::attach(|py| {
+                        let me = Parker::current();
+                        while let Some(job) = d.take(py, &me) {
+                            drop(job);
+                            // Blocking without the GIL, as an app waiting
+                            // on I/O does.
+                            py.detach(|| std::thread::sleep(per_job));
+                            done.fetch_add(1, Ordering::SeqCst);
+                        }
+                    })
+                })
+            })
+            .collect();
+        (handles, done)
+    }
+
+    fn wait_for(done: &AtomicUsize, n: usize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while done.load(Ordering::SeqCst) < n {
+            assert!(std::time::Instant::now() < deadline, "jobs not done");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn max_queue_bounds_requests_but_not_close_jobs() {
+        Python::initialize();
+        let d = Arc::new(Dispatch::new(2, 0));
+        Python::attach(|py| {
+            let call = || {
+                let (tx, _rx) = tokio::sync::oneshot::channel();
+                Job::Call(crate::wsgi::Call {
+                    cgi: Default::default(),
+                    body: crate::wsgi::RequestBody::Memory(Default::default()),
+                    reply: tx,
+                    head: false,
+                    queued_at: std::time::Instant::now(),
+                })
+            };
+            assert!(d.submit_call(call()).is_ok());
+            assert!(d.submit_call(call()).is_ok());
+            assert_eq!(d.submit_call(call()), Err(Refused::QueueFull));
+            d.submit(close_job(py));
+            assert_eq!(d.queued(), 2);
+        });
+        d.close();
+        Python::attach(|py| assert_eq!(d.submit_call(close_job(py)), Err(Refused::Stopped)));
+    }
+
+    #[test]
+    fn an_idle_pool_is_woken_and_drains_the_queue() {
+        Python::initialize();
+        let d = Arc::new(Dispatch::new(1000, 2));
+        let (handles, done) = workers(&d, 2, Duration::ZERO);
+        // Let both threads go to sleep first.
+        std::thread::sleep(Duration::from_millis(50));
+        Python::attach(|py| {
+            for _ in 0..100 {
+                d.submit(close_job(py));
+            }
+        });
+        wait_for(&done, 100);
+        d.close();
+        for h in handles {
+            h.join().expect("worker");
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn blocked_threads_get_help_from_the_watchdog() {
+        Python::initialize();
+        let d = Arc::new(Dispatch::new(1000, 4));
+        // Each job blocks its thread for 50 ms; 8 jobs on one thread would
+        // take 400 ms, on four about 100 ms.
+        let (handles, done) = workers(&d, 4, Duration::from_millis(50));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let started = std::time::Instant::now();
+        Python::attach(|py| {
+            for _ in 0..8 {
+                d.submit(close_job(py));
+            }
+        });
+        while done.load(Ordering::SeqCst) < 8 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_millis(300),
+            "{took:?}: the watchdog did not add threads"
+        );
+        d.close();
+        for h in handles {
+            h.join().expect("worker");
+        }
+    }
+}
