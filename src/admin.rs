@@ -9,7 +9,9 @@
 //! - `/metrics`: the Prometheus text exposition (see [`crate::metrics`]).
 //!
 //! Requests here never enter the Python queue, the proxy logic or the app,
-//! and are not counted against `connection_limit`.
+//! and are not counted against `connection_limit`. With several worker
+//! processes the supervisor serves this listener and asks the workers
+//! (see [`crate::workers`]).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -26,6 +28,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::gateway::service::Shared;
+use crate::workers::Supervisor;
+use crate::workers::control::Answer;
 use crate::wsgi::Liveness;
 
 /// How long `/livez` waits for the GIL before calling the process stuck.
@@ -33,7 +37,77 @@ pub const GIL_WITHIN: Duration = Duration::from_secs(2);
 /// Admin connections served at once; probes need few.
 const MAX_CONNECTIONS: usize = 64;
 
-pub async fn run(listener: TcpListener, shared: Arc<Shared>) {
+/// Where the admin listener gets its answers: this process, or (with
+/// several worker processes) the supervisor, which asks the workers.
+#[derive(Clone)]
+pub enum Backend {
+    Local(Arc<Shared>),
+    Supervisor(Arc<Supervisor>),
+}
+
+impl Backend {
+    async fn livez(&self) -> Answer {
+        match self {
+            Backend::Local(shared) => livez(shared).await,
+            Backend::Supervisor(s) => s.livez().await,
+        }
+    }
+
+    async fn readyz(&self) -> Answer {
+        match self {
+            Backend::Local(shared) => readyz(shared),
+            Backend::Supervisor(s) => s.readyz().await,
+        }
+    }
+
+    async fn metrics(&self) -> String {
+        match self {
+            Backend::Local(shared) => metrics(shared),
+            Backend::Supervisor(s) => s.metrics().await,
+        }
+    }
+}
+
+/// This process's liveness: its Python threads run and the GIL can be
+/// taken.
+pub async fn livez(shared: &Shared) -> Answer {
+    match shared.pool.liveness(GIL_WITHIN).await {
+        Liveness::Alive => Answer {
+            ok: true,
+            text: "ok\n".into(),
+        },
+        Liveness::Stuck(why) => Answer {
+            ok: false,
+            text: format!("stuck: {why}\n"),
+        },
+    }
+}
+
+pub fn readyz(shared: &Shared) -> Answer {
+    if shared.health.ready.load(Ordering::Acquire) {
+        Answer {
+            ok: true,
+            text: "ready\n".into(),
+        }
+    } else {
+        Answer {
+            ok: false,
+            text: "not ready: draining\n".into(),
+        }
+    }
+}
+
+/// This process's exposition.
+pub fn metrics(shared: &Shared) -> String {
+    let m = crate::metrics::get();
+    // Gauges that mirror counters kept elsewhere are read at scrape
+    // time, so the request path does not update them twice.
+    m.queue_depth.set(gauge(shared.pool.queued()));
+    m.python_threads_busy.set(gauge(shared.pool.busy()));
+    m.render()
+}
+
+pub async fn run(listener: TcpListener, backend: Backend) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
@@ -47,11 +121,11 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>) {
                 continue;
             }
         };
-        let shared = Arc::clone(&shared);
+        let backend = backend.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
-                let shared = Arc::clone(&shared);
-                async move { Ok::<_, Infallible>(route(&req, &shared).await) }
+                let backend = backend.clone();
+                async move { Ok::<_, Infallible>(route(&req, &backend).await) }
             });
             let conn = http1::Builder::new()
                 .keep_alive(true)
@@ -64,32 +138,24 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-async fn route(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
+async fn route(req: &Request<Incoming>, backend: &Backend) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
     }
+    let probe = |a: Answer| {
+        let status = if a.ok {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        text(status, &a.text)
+    };
     match req.uri().path() {
-        "/livez" | "/healthz" => match shared.pool.liveness(GIL_WITHIN).await {
-            Liveness::Alive => text(StatusCode::OK, "ok\n"),
-            Liveness::Stuck(why) => {
-                text(StatusCode::SERVICE_UNAVAILABLE, &format!("stuck: {why}\n"))
-            }
-        },
-        "/readyz" => {
-            if shared.health.ready.load(Ordering::Acquire) {
-                text(StatusCode::OK, "ready\n")
-            } else {
-                text(StatusCode::SERVICE_UNAVAILABLE, "not ready: draining\n")
-            }
-        }
+        "/livez" | "/healthz" => probe(backend.livez().await),
+        "/readyz" => probe(backend.readyz().await),
         "/metrics" => {
-            let m = crate::metrics::get();
-            // Gauges that mirror counters kept elsewhere are read at scrape
-            // time, so the request path does not update them twice.
-            m.queue_depth.set(gauge(shared.pool.queued()));
-            m.python_threads_busy.set(gauge(shared.pool.busy()));
             let mut response = text(StatusCode::OK, "");
-            *response.body_mut() = Full::new(Bytes::from(m.render()));
+            *response.body_mut() = Full::new(Bytes::from(backend.metrics().await));
             response.headers_mut().insert(
                 http::header::CONTENT_TYPE,
                 HeaderValue::from_static(crate::metrics::CONTENT_TYPE),

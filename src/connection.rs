@@ -20,7 +20,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -32,11 +32,12 @@ use crate::metrics::{self, ConnectionTimeout};
 
 const HEAD_TOO_SLOW: &str = "request head not complete within header_timeout";
 
-/// Milliseconds since the first call, as a cheap comparable timestamp.
-fn now_ms() -> u64 {
-    static EPOCH: OnceLock<std::time::Instant> = OnceLock::new();
-    let epoch = EPOCH.get_or_init(std::time::Instant::now);
-    u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+/// A process-wide sequence number: which connection became idle first
+/// only needs an order, not a clock (and reading the clock per request
+/// shows in profiles).
+fn idle_order() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 /// What the service, the socket wrapper and the registry share.
@@ -46,7 +47,7 @@ pub struct ConnState {
     /// Requests begun on this connection: a head timer started before the
     /// latest one began belongs to a head that has since been parsed.
     requests: AtomicU64,
-    /// `now_ms()` when the connection last became idle.
+    /// [`idle_order`] when the connection last became idle.
     idle_since: AtomicU64,
     close: Notify,
     close_requested: AtomicBool,
@@ -60,7 +61,7 @@ impl ConnState {
         ConnState {
             busy: AtomicBool::new(false),
             requests: AtomicU64::new(0),
-            idle_since: AtomicU64::new(now_ms()),
+            idle_since: AtomicU64::new(idle_order()),
             close: Notify::new(),
             close_requested: AtomicBool::new(false),
             unflushed: AtomicBool::new(false),
@@ -109,7 +110,7 @@ pub struct RequestGuard(Arc<ConnState>);
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
-        self.0.idle_since.store(now_ms(), Ordering::Relaxed);
+        self.0.idle_since.store(idle_order(), Ordering::Relaxed);
         self.0.busy.store(false, Ordering::Relaxed);
     }
 }
@@ -197,17 +198,38 @@ pub struct Timeouts {
 
 /// The socket, with the inactivity and head timers applied to every read
 /// and write that has to wait.
+///
+/// The clock is read only when an operation has to wait: progress just
+/// bumps a counter, and the next wait (microseconds later, in the same
+/// poll of the connection) dates it. The timer itself is re-armed only
+/// when it would fire too late, or when it fires early because progress
+/// moved the deadline on, so a busy connection costs no timer-wheel work
+/// per request.
 pub struct Watched<S> {
     io: S,
     timeouts: Timeouts,
     state: Arc<ConnState>,
+    /// Latest known progress: when and at which count of `progress`.
     last_activity: Instant,
-    /// When the first byte of the head now being received arrived, and
-    /// how many requests had begun then.
-    head_started: Option<(Instant, u64)>,
+    dated: u64,
+    /// Successful reads and writes so far.
+    progress: u64,
+    head: Head,
     timer: Pin<Box<Sleep>>,
     /// A timeout has been reported (and counted) already.
     timed_out: bool,
+}
+
+/// The head timer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Head {
+    /// No head is being received.
+    Idle,
+    /// A head started arriving with request number `.0` next, in one
+    /// read so far, and has not been dated yet.
+    Started(u64),
+    /// ... and its first byte came at `.1`.
+    Since(u64, Instant),
 }
 
 impl<S> Watched<S> {
@@ -218,7 +240,9 @@ impl<S> Watched<S> {
             timeouts,
             state,
             last_activity: now,
-            head_started: None,
+            dated: 0,
+            progress: 0,
+            head: Head::Idle,
             timer: Box::pin(tokio::time::sleep_until(now + timeouts.channel)),
             timed_out: false,
         }
@@ -229,8 +253,8 @@ impl<S> Watched<S> {
             self.last_activity + self.timeouts.channel,
             ConnectionTimeout::Channel,
         );
-        match self.head_started {
-            Some((start, _)) if start + self.timeouts.header < idle.0 => {
+        match self.head {
+            Head::Since(_, start) if start + self.timeouts.header < idle.0 => {
                 (start + self.timeouts.header, ConnectionTimeout::Header)
             }
             _ => idle,
@@ -251,11 +275,20 @@ impl<S> Watched<S> {
     }
 
     fn note_read(&mut self) {
-        let now = Instant::now();
-        self.last_activity = now;
+        self.progress += 1;
         self.forget_parsed_head();
-        if !self.state.is_busy() && self.head_started.is_none() {
-            self.head_started = Some((now, self.state.requests.load(Ordering::Relaxed)));
+        if self.state.is_busy() {
+            return;
+        }
+        match self.head {
+            Head::Idle => {
+                self.head = Head::Started(self.state.requests.load(Ordering::Relaxed));
+            }
+            // A head that takes more than one read without ever waiting
+            // (a client whose next byte is always already there) is dated
+            // now, so the check in `poll_read` can see it.
+            Head::Started(n) => self.head = Head::Since(n, Instant::now()),
+            Head::Since(..) => {}
         }
     }
 
@@ -264,10 +297,23 @@ impl<S> Watched<S> {
     /// would otherwise leave its timer running into the idle time that
     /// follows, cutting keep-alive connections at `header_timeout`).
     fn forget_parsed_head(&mut self) {
-        if let Some((_, begun)) = self.head_started {
-            if self.state.is_busy() || self.state.requests.load(Ordering::Relaxed) != begun {
-                self.head_started = None;
-            }
+        let begun = match self.head {
+            Head::Idle => return,
+            Head::Started(n) | Head::Since(n, _) => n,
+        };
+        if self.state.is_busy() || self.state.requests.load(Ordering::Relaxed) != begun {
+            self.head = Head::Idle;
+        }
+    }
+
+    /// Gives undated progress and an undated head start the time `now`.
+    fn date(&mut self, now: Instant) {
+        if self.progress != self.dated {
+            self.dated = self.progress;
+            self.last_activity = now;
+        }
+        if let Head::Started(n) = self.head {
+            self.head = Head::Since(n, now);
         }
     }
 
@@ -279,21 +325,29 @@ impl<S> Watched<S> {
     }
 
     /// Called when an operation has to wait: `Ready(Err)` once a deadline
-    /// has passed. The timer is re-armed lazily, so progress costs only a
-    /// clock read.
+    /// has passed.
     fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
         self.forget_parsed_head();
+        self.date(Instant::now());
         loop {
-            let (deadline, why) = self.deadline();
-            if self.timer.deadline() != deadline {
+            let (deadline, _) = self.deadline();
+            // A timer set for later than the deadline would fire too late;
+            // one set earlier fires, finds the deadline moved on, and is
+            // set again below.
+            if self.timer.deadline() > deadline {
                 self.timer.as_mut().reset(deadline);
             }
             if self.timer.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
-            if Instant::now() >= self.deadline().0 {
+            let now = Instant::now();
+            self.forget_parsed_head();
+            self.date(now);
+            let (deadline, why) = self.deadline();
+            if now >= deadline {
                 return Poll::Ready(self.expired(why));
             }
+            self.timer.as_mut().reset(deadline);
         }
     }
 }
@@ -311,8 +365,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
                     self.note_read();
                     // A client that always has the next byte ready never
                     // makes a read wait, so the head deadline is also
-                    // checked here.
-                    if let Some((start, _)) = self.head_started {
+                    // checked here (a head already dated is a head that
+                    // has waited before: only then is the clock read).
+                    if let Head::Since(_, start) = self.head {
                         if start.elapsed() >= self.timeouts.header {
                             return Poll::Ready(Err(self.expired(ConnectionTimeout::Header)));
                         }
@@ -335,7 +390,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         match Pin::new(&mut self.io).poll_write(cx, data) {
             Poll::Ready(result) => {
                 if matches!(result, Ok(n) if n > 0) {
-                    self.last_activity = Instant::now();
+                    self.progress += 1;
                 }
                 Poll::Ready(result)
             }
@@ -352,7 +407,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         match Pin::new(&mut self.io).poll_write_vectored(cx, bufs) {
             Poll::Ready(result) => {
                 if matches!(result, Ok(n) if n > 0) {
-                    self.last_activity = Instant::now();
+                    self.progress += 1;
                 }
                 Poll::Ready(result)
             }

@@ -16,6 +16,7 @@ mod logging;
 mod metrics;
 mod proxy;
 mod server;
+mod workers;
 mod wsgi;
 
 use std::process::ExitCode;
@@ -44,6 +45,7 @@ fn main() -> ExitCode {
     // Before anything else: systemd's sockets must be claimed while the
     // process has one thread and no other descriptors.
     let activated = server::listen::take_activated_sockets();
+    let inherited = workers::take_inherited();
     let invocation = match cli::parse(std::env::args_os()) {
         Ok(inv) => inv,
         Err(e) => {
@@ -121,7 +123,7 @@ fn main() -> ExitCode {
         tracing::info!("settings file: {}", file.display());
     }
     raise_fd_limit(settings.limits.connection_limit);
-    match run(settings, activated) {
+    match run(settings, activated, inherited) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Config(msg)) => {
             tracing::error!("{msg}");
@@ -131,6 +133,22 @@ fn main() -> ExitCode {
             tracing::error!("{msg}");
             ExitCode::from(EXIT_FAILURE)
         }
+    }
+}
+
+/// A worker's answer to its supervisor.
+async fn answer(
+    shared: Arc<gateway::service::Shared>,
+    ask: workers::control::Ask,
+) -> workers::control::Answer {
+    use workers::control::{Answer, Ask};
+    match ask {
+        Ask::Metrics => Answer {
+            ok: true,
+            text: admin::metrics(&shared),
+        },
+        Ask::Livez => admin::livez(&shared).await,
+        Ask::Readyz => admin::readyz(&shared),
     }
 }
 
@@ -189,7 +207,16 @@ fn raise_fd_limit(connection_limit: usize) {
     }
 }
 
-fn run(settings: Settings, activated: Vec<std::os::fd::OwnedFd>) -> Result<(), Failure> {
+fn run(
+    settings: Settings,
+    activated: Vec<std::os::fd::OwnedFd>,
+    inherited: Option<workers::Inherited>,
+) -> Result<(), Failure> {
+    if inherited.is_none() && settings.workers > 1 {
+        let code = workers::supervise(&settings, activated).map_err(Failure::Other)?;
+        std::process::exit(i32::from(code));
+    }
+    let worker = inherited.as_ref().map(|i| i.index);
     let python = interpreter::initialize(&settings)?;
     tracing::info!(
         "maitred {} running Python {} (sys.prefix {}, executable {})",
@@ -309,11 +336,33 @@ fn run(settings: Settings, activated: Vec<std::os::fd::OwnedFd>) -> Result<(), F
         .enable_all()
         .build()
         .map_err(|e| Failure::Other(format!("cannot start the I/O runtime: {e}")))?;
-    let listeners =
-        server::listen::bind(&settings, activated).map_err(|e| Failure::Other(e.to_string()))?;
-    let admin = server::listen::bind_admin(&settings).map_err(|e| Failure::Other(e.to_string()))?;
-    for listener in &listeners {
-        tracing::info!("{}", listener.announcement());
+    // A worker serves the supervisor's sockets and answers its questions;
+    // the supervisor has the admin listener and announces the listeners.
+    let (listeners, admin, control) = match inherited {
+        Some(inherited) => {
+            let (listeners, control) = inherited.into_parts(&settings).map_err(Failure::Other)?;
+            (listeners, Vec::new(), Some(control))
+        }
+        None => {
+            metrics::get().workers.set(1);
+            let listeners = server::listen::bind(&settings, activated)
+                .map_err(|e| Failure::Other(e.to_string()))?;
+            let admin =
+                server::listen::bind_admin(&settings).map_err(|e| Failure::Other(e.to_string()))?;
+            (listeners, admin, None)
+        }
+    };
+    match worker {
+        Some(index) => tracing::info!(
+            "worker {index} (pid {}) serving {} listener(s)",
+            std::process::id(),
+            listeners.len()
+        ),
+        None => {
+            for listener in &listeners {
+                tracing::info!("{}", listener.announcement());
+            }
+        }
     }
     for (_, addr) in &admin {
         tracing::info!(
@@ -335,7 +384,17 @@ fn run(settings: Settings, activated: Vec<std::os::fd::OwnedFd>) -> Result<(), F
         .block_on(async {
             for (listener, _) in admin {
                 let listener = tokio::net::TcpListener::from_std(listener)?;
-                tokio::spawn(admin::run(listener, Arc::clone(&shared)));
+                tokio::spawn(admin::run(
+                    listener,
+                    admin::Backend::Local(Arc::clone(&shared)),
+                ));
+            }
+            if let Some(control) = control {
+                let control = tokio::net::UnixStream::from_std(control)?;
+                tokio::spawn(workers::control::serve(control, {
+                    let shared = Arc::clone(&shared);
+                    move |ask| answer(Arc::clone(&shared), ask)
+                }));
             }
             server::serve(listeners, shared, builder, plan).await
         })

@@ -181,6 +181,8 @@ pub struct Metrics {
     gc_uncollectable: Vec<IntCounter>,
     build_info: IntGaugeVec,
     pub access_log_dropped: IntCounter,
+    pub workers: IntGauge,
+    pub worker_restarts: IntCounter,
 }
 
 /// The process-wide metrics.
@@ -381,6 +383,17 @@ impl Metrics {
             "Access log entries dropped because the writer could not keep up (stdout blocked).",
         );
 
+        let workers = gauge(
+            &r,
+            "maitred_workers",
+            "Worker processes serving (1 for a single process without a supervisor).",
+        );
+        let worker_restarts = counter(
+            &r,
+            "maitred_worker_restarts_total",
+            "Worker processes the supervisor restarted after they exited.",
+        );
+
         #[cfg(target_os = "linux")]
         r.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -410,6 +423,8 @@ impl Metrics {
             gc_uncollectable,
             build_info,
             access_log_dropped,
+            workers,
+            worker_restarts,
         }
     }
 

@@ -72,6 +72,7 @@ fn samples() -> Vec<(&'static str, &'static str, &'static str, Value)> {
         ("ipv6", "false", "false", json!(false)),
         ("backlog", "64", "64", json!(64)),
         ("threads", "7", "7", json!(7)),
+        ("workers", "3", "3", json!(3)),
         ("url_scheme", "\"https\"", "https", json!("https")),
         ("url_prefix", "\"/app\"", "/app", json!("/app")),
         ("url_prefix_strict", "true", "true", json!(true)),

@@ -55,9 +55,13 @@ pub struct Settings {
     #[serde(deserialize_with = "values::usize")]
     pub backlog: usize,
 
-    /// Python threads running the application.
+    /// Python threads running the application (per worker process).
     #[serde(deserialize_with = "values::usize")]
     pub threads: usize,
+    /// Worker processes, each with its own interpreter and threads; more
+    /// than 1 runs a supervisor in front of them.
+    #[serde(deserialize_with = "values::usize")]
+    pub workers: usize,
     /// Default `wsgi.url_scheme`.
     #[serde(deserialize_with = "values::string")]
     pub url_scheme: String,
@@ -185,6 +189,9 @@ pub struct Log {
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
 pub const DEFAULT_PORT: u16 = 8080;
 
+/// More worker processes than this is a typo (each holds an interpreter).
+pub const MAX_WORKERS: usize = 64;
+
 /// Far above what one process can hold open, far below where counters and
 /// semaphores overflow.
 pub const MAX_CONNECTION_LIMIT: usize = 1_000_000;
@@ -206,6 +213,7 @@ impl Default for Settings {
             ipv6: true,
             backlog: 1024,
             threads: 4,
+            workers: 1,
             url_scheme: "http".to_owned(),
             url_prefix: String::new(),
             url_prefix_strict: false,
@@ -310,6 +318,12 @@ impl Settings {
         }
         if self.threads > 1024 {
             problems.push(Problem::new("threads", "must be at most 1024"));
+        }
+        if self.workers == 0 || self.workers > MAX_WORKERS {
+            problems.push(Problem::new(
+                "workers",
+                format!("must be between 1 and {MAX_WORKERS}"),
+            ));
         }
         if http::HeaderValue::from_str(&self.ident).is_err() || !self.ident.is_ascii() {
             problems.push(Problem::new(

@@ -38,7 +38,7 @@ pub struct ResponseBody {
     /// `poll_frame`).
     failure: Option<BodyError>,
     /// Request URI, for the warnings.
-    uri: Arc<str>,
+    uri: http::Uri,
     /// Marks the connection idle again when the response is over.
     guard: Option<RequestGuard>,
     /// The request's metrics and access-log record, finished on drop.
@@ -92,7 +92,7 @@ enum BodyError {
 }
 
 impl ResponseBody {
-    fn new(source: Source, declared: Option<u64>, uri: Arc<str>) -> Self {
+    fn new(source: Source, declared: Option<u64>, uri: http::Uri) -> Self {
         ResponseBody {
             source,
             remaining: declared,
@@ -118,16 +118,16 @@ impl ResponseBody {
         self
     }
 
-    pub fn full(chunks: Vec<Bytes>, declared: Option<u64>, uri: Arc<str>) -> Self {
+    pub fn full(chunks: Vec<Bytes>, declared: Option<u64>, uri: http::Uri) -> Self {
         Self::new(Source::Full(chunks.into()), declared, uri)
     }
 
     pub fn text(body: String) -> Self {
         let len = body.len() as u64;
-        Self::full(vec![Bytes::from(body)], Some(len), Arc::from(""))
+        Self::full(vec![Bytes::from(body)], Some(len), http::Uri::default())
     }
 
-    pub fn stream(outbuf: Arc<Outbuf>, declared: Option<u64>, uri: Arc<str>) -> Self {
+    pub fn stream(outbuf: Arc<Outbuf>, declared: Option<u64>, uri: http::Uri) -> Self {
         let source = StreamSource {
             outbuf,
             complete: false,
@@ -135,7 +135,7 @@ impl ResponseBody {
         Self::new(Source::Stream(source), declared, uri)
     }
 
-    pub fn file(body: FileBody, uri: Arc<str>) -> Self {
+    pub fn file(body: FileBody, uri: http::Uri) -> Self {
         let FileBody {
             file,
             offset,
@@ -310,8 +310,8 @@ mod tests {
     use super::*;
     use http_body_util::BodyExt;
 
-    fn uri() -> Arc<str> {
-        Arc::from("/t")
+    fn uri() -> http::Uri {
+        http::Uri::from_static("/t")
     }
 
     async fn collect(body: ResponseBody) -> Result<Vec<u8>, String> {

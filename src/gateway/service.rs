@@ -128,13 +128,14 @@ async fn serve_request(
             Rejection::new(Refusal::OutsidePrefix, detail),
         ));
     }
-    let uri: Arc<str> = Arc::from(parts.uri.to_string());
+    let uri = parts.uri.clone();
     let (tx, rx) = oneshot::channel();
     let call = Call {
         cgi,
         body: received.body,
         reply: tx,
         head: parts.method == Method::HEAD,
+        uri: uri.clone(),
         queued_at: Instant::now(),
     };
     match shared.pool.submit(call) {
@@ -372,7 +373,7 @@ pub fn reject(shared: &Shared, version: Version, rejection: Rejection) -> Respon
     response
 }
 
-fn respond(shared: &Shared, req: &Parts, reply: Reply, uri: Arc<str>) -> Response<ResponseBody> {
+fn respond(shared: &Shared, req: &Parts, reply: Reply, uri: http::Uri) -> Response<ResponseBody> {
     let app = match reply {
         Reply::Response(app) => app,
         Reply::Failed { detail } => {

@@ -398,10 +398,16 @@ fn run(c: &Case) -> Result<std::collections::HashMap<String, String>, super::Mal
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
     .collect();
-    for (var, value) in cgi.vars {
-        env.insert(var.name().to_owned(), value);
+    for entry in cgi.iter() {
+        match entry {
+            crate::wsgi::environ::Entry::Var(var, value) => {
+                env.insert(var.name().to_owned(), value.to_owned());
+            }
+            crate::wsgi::environ::Entry::Header(key, value) => {
+                env.insert(key.to_owned(), value.to_owned());
+            }
+        }
     }
-    env.extend(cgi.headers);
     Ok(env)
 }
 

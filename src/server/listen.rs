@@ -53,6 +53,39 @@ impl Bound {
     }
 }
 
+/// How a listener is described to a worker process that inherits it.
+impl Bound {
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        match self {
+            Bound::Tcp(l, _) | Bound::ProxyProtocol(l, _, _) => l.as_raw_fd(),
+            Bound::Unix { listener, .. } => listener.as_raw_fd(),
+        }
+    }
+
+    /// `tcp`, `unix` or `proxy`: what [`inherit`] needs besides the socket.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Bound::Tcp(..) => "tcp",
+            Bound::Unix { .. } => "unix",
+            Bound::ProxyProtocol(..) => "proxy",
+        }
+    }
+}
+
+/// A listener handed down by the supervisor (see [`Bound::kind`]). A Unix
+/// socket's file belongs to the supervisor, which removes it.
+pub fn inherit(fd: OwnedFd, kind: &str, settings: &Settings) -> Result<Bound, BindError> {
+    match adopt(fd)? {
+        Bound::Tcp(listener, addr) if kind == "proxy" => {
+            let trusted = TrustList::parse(&settings.proxy_protocol.trusted)
+                .map_err(|e| bind_error("proxy_protocol.trusted", e))?;
+            Ok(Bound::ProxyProtocol(listener, addr, Arc::new(trusted)))
+        }
+        bound => Ok(bound),
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("cannot listen on {what}: {cause}")]
 pub struct BindError {

@@ -325,6 +325,7 @@ mod tests {
                     body: crate::wsgi::RequestBody::Memory(Default::default()),
                     reply: tx,
                     head: false,
+                    uri: http::Uri::default(),
                     queued_at: std::time::Instant::now(),
                 })
             };

@@ -5,7 +5,7 @@
 //! finished strings into dict entries. The rules are Waitress's
 //! (`task.py:get_environment`), with the deviations noted where they occur.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use http::{HeaderMap, Uri, Version};
 
@@ -79,28 +79,118 @@ impl Var {
 }
 
 /// The environ entries of one request: fixed CGI keys and `HTTP_*` keys.
+///
+/// All text lives in one buffer and the entries are spans into it, so a
+/// request's environ costs two allocations, not one per string: it is
+/// built on the I/O thread and freed on a Python thread, and every
+/// allocation that crosses threads costs the allocator more than a local
+/// one.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct CgiVars {
-    pub vars: Vec<(Var, String)>,
-    pub headers: Vec<(String, String)>,
+    text: String,
+    entries: Vec<(Key, Span)>,
     /// The path lies outside `url_prefix` (passed through unchanged).
     pub outside_prefix: bool,
 }
 
+/// A byte range of [`CgiVars::text`].
+type Span = (u32, u32);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Key {
+    Var(Var),
+    /// An `HTTP_*` name, itself a span of the text.
+    Header(Span),
+}
+
+/// One environ entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entry<'a> {
+    Var(Var, &'a str),
+    Header(&'a str, &'a str),
+}
+
 impl CgiVars {
-    pub fn get(&self, var: Var) -> Option<&str> {
-        self.vars
-            .iter()
-            .find(|(v, _)| *v == var)
-            .map(|(_, s)| s.as_str())
+    fn with_capacity(text: usize, entries: usize) -> CgiVars {
+        CgiVars {
+            text: String::with_capacity(text),
+            entries: Vec::with_capacity(entries),
+            outside_prefix: false,
+        }
+    }
+
+    fn span(&self, (start, end): Span) -> &str {
+        self.text.get(start as usize..end as usize).unwrap_or("")
+    }
+
+    /// Appends text written by `write` and returns its span.
+    fn write(&mut self, write: impl FnOnce(&mut String)) -> Span {
+        let start = self.text.len();
+        write(&mut self.text);
+        // Heads are bounded by max_request_header_size (far below 4 GiB).
+        (
+            u32::try_from(start).unwrap_or(u32::MAX),
+            u32::try_from(self.text.len()).unwrap_or(u32::MAX),
+        )
+    }
+
+    fn var(&mut self, var: Var, value: &str) {
+        let span = self.write(|t| t.push_str(value));
+        self.entries.push((Key::Var(var), span));
+    }
+
+    fn var_with(&mut self, var: Var, write: impl FnOnce(&mut String)) {
+        let span = self.write(write);
+        self.entries.push((Key::Var(var), span));
+    }
+
+    /// A header entry; `name` is the wire name (`user-agent`).
+    fn header(&mut self, name: &str, write: impl FnOnce(&mut String)) {
+        let key = self.write(|t| push_header_key(t, name));
+        let value = self.write(write);
+        self.entries.push((Key::Header(key), value));
+    }
+
+    /// Appends `sep` and more text to the value of the entry just added,
+    /// if it is the header `name`; false otherwise.
+    fn extend_last_header(&mut self, name: &str, sep: &str, bytes: &[u8]) -> bool {
+        let Some(&(Key::Header(key), (start, end))) = self.entries.last() else {
+            return false;
+        };
+        if end as usize != self.text.len() || !same_header_key(self.span(key), name) {
+            return false;
+        }
+        self.text.push_str(sep);
+        push_latin1(&mut self.text, bytes);
+        let end = u32::try_from(self.text.len()).unwrap_or(u32::MAX);
+        if let Some(last) = self.entries.last_mut() {
+            *last = (Key::Header(key), (start, end));
+        }
+        true
     }
 
     #[cfg(test)]
-    pub fn header(&self, key: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, s)| s.as_str())
+    pub fn get(&self, var: Var) -> Option<&str> {
+        self.entries.iter().find_map(|(k, v)| match k {
+            Key::Var(x) if *x == var => Some(self.span(*v)),
+            _ => None,
+        })
+    }
+
+    /// Every entry, in the order the environ gets them.
+    pub fn iter(&self) -> impl Iterator<Item = Entry<'_>> {
+        self.entries.iter().map(|(k, v)| match k {
+            Key::Var(var) => Entry::Var(*var, self.span(*v)),
+            Key::Header(key) => Entry::Header(self.span(*key), self.span(*v)),
+        })
+    }
+
+    #[cfg(test)]
+    pub fn header_value(&self, key: &str) -> Option<&str> {
+        self.iter().find_map(|e| match e {
+            Entry::Header(k, v) if k == key => Some(v),
+            _ => None,
+        })
     }
 }
 
@@ -137,59 +227,72 @@ pub struct Head<'a> {
 /// The environ entries of a request, with what trusted proxies said
 /// (`outcome`) applied.
 pub fn cgi_vars(head: &Head<'_>, peer: &Peer, cfg: &EnvironConfig, outcome: &Outcome) -> CgiVars {
-    let mut vars = Vec::with_capacity(12);
-    vars.push((Var::RequestMethod, head.method.to_owned()));
-    let (path, inside) = path_info(head.uri.path(), &cfg.script_name);
-    vars.push((Var::PathInfo, path));
-    vars.push((Var::QueryString, head.uri.query().unwrap_or("").to_owned()));
-    vars.push((Var::RequestUri, head.uri.to_string()));
-    vars.push((Var::ServerProtocol, protocol(head.version).to_owned()));
-    let (addr, port, server_port) = match peer {
-        Peer::Tcp { remote, local } => (
-            remote.ip().to_canonical().to_string(),
-            remote.port().to_string(),
-            local.port().to_string(),
-        ),
-        // Waitress reports "localhost" and the string "None"; the port of a
-        // Unix socket is reported as the scheme's default so code that
-        // rebuilds URLs from SERVER_PORT gets a sensible answer.
-        Peer::Unix => (
-            "localhost".to_owned(),
-            String::new(),
-            cfg.unix_port.to_owned(),
-        ),
+    let uri = head.uri;
+    let mut env = CgiVars::with_capacity(
+        128 + 2 * uri.path().len() + 3 * head.headers.keys_len() * 24,
+        16 + head.headers.keys_len(),
+    );
+    env.var(Var::RequestMethod, head.method);
+    let (path, inside) = path_info(uri.path(), &cfg.script_name);
+    env.var(Var::PathInfo, &path);
+    env.outside_prefix = !inside;
+    env.var(Var::QueryString, uri.query().unwrap_or(""));
+    env.var_with(Var::RequestUri, |t| push_request_uri(t, uri));
+    env.var(Var::ServerProtocol, protocol(head.version));
+    // Waitress reports "localhost" and the string "None" for a Unix
+    // socket; its port is reported as the scheme's default so code that
+    // rebuilds URLs from SERVER_PORT gets a sensible answer.
+    let push_addr = |t: &mut String| match peer {
+        Peer::Tcp { remote, .. } => push_ip(t, remote.ip()),
+        Peer::Unix => t.push_str("localhost"),
+    };
+    let push_port = |t: &mut String| {
+        if let Peer::Tcp { remote, .. } = peer {
+            push_u64(t, u64::from(remote.port()));
+        }
     };
     if outcome.remote_addr.is_some() {
-        vars.push((Var::PeerAddr, addr.clone()));
-        vars.push((Var::PeerPort, port.clone()));
+        env.var_with(Var::PeerAddr, push_addr);
+        env.var_with(Var::PeerPort, push_port);
     }
-    let remote_addr = outcome.remote_addr.clone().unwrap_or(addr);
-    vars.push((Var::RemoteHost, remote_addr.clone()));
-    vars.push((Var::RemoteAddr, remote_addr));
-    vars.push((Var::RemotePort, outcome.remote_port.clone().unwrap_or(port)));
-    vars.push((
-        Var::ServerPort,
-        outcome.server_port.clone().unwrap_or(server_port),
-    ));
+    for var in [Var::RemoteHost, Var::RemoteAddr] {
+        match &outcome.remote_addr {
+            Some(addr) => env.var(var, addr),
+            None => env.var_with(var, push_addr),
+        }
+    }
+    match &outcome.remote_port {
+        Some(port) => env.var(Var::RemotePort, port),
+        None => env.var_with(Var::RemotePort, push_port),
+    }
+    match (&outcome.server_port, peer) {
+        (Some(port), _) => env.var(Var::ServerPort, port),
+        (None, Peer::Tcp { local, .. }) => {
+            env.var_with(Var::ServerPort, |t| push_u64(t, u64::from(local.port())));
+        }
+        (None, Peer::Unix) => env.var(Var::ServerPort, cfg.unix_port),
+    }
     if let Some(scheme) = &outcome.url_scheme {
-        vars.push((Var::UrlScheme, scheme.clone()));
+        env.var(Var::UrlScheme, scheme);
     }
     if let Some(name) = &outcome.server_name {
-        vars.push((Var::ServerName, name.clone()));
+        env.var(Var::ServerName, name);
     }
     if let Some(prefix) = &outcome.prefix {
-        vars.push((Var::ScriptName, format!("{prefix}{}", cfg.script_name)));
+        env.var_with(Var::ScriptName, |t| {
+            t.push_str(prefix);
+            t.push_str(&cfg.script_name);
+        });
     }
     if let Some(len) = head.body_len {
-        vars.push((Var::ContentLength, len.to_string()));
+        env.var_with(Var::ContentLength, |t| push_u64(t, len));
     }
-    let mut headers: Vec<(String, String)> = Vec::with_capacity(head.headers.keys_len());
     let mut rewritten = crate::proxy::HeaderSet::NONE;
     for (name, value) in head.headers {
         let name = name.as_str();
         match name {
             "content-type" => {
-                vars.push((Var::ContentType, latin1(value.as_bytes())));
+                env.var_with(Var::ContentType, |t| push_latin1(t, value.as_bytes()));
                 continue;
             }
             // CONTENT_LENGTH is the decoded length, set above. The body is
@@ -213,31 +316,24 @@ pub fn cgi_vars(head: &Head<'_>, peer: &Peer, cfg: &EnvironConfig, outcome: &Out
                 // A rewritten header replaces all its lines, once.
                 if !rewritten.contains(h) {
                     rewritten.insert(h);
-                    headers.push((header_key(name), v.clone()));
+                    env.header(name, |t| t.push_str(v));
                 }
                 continue;
             }
         }
-        let key = header_key(name);
-        let value = latin1(value.as_bytes());
-        match headers.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, joined)) => {
-                // Cookie pairs are separated by "; " (RFC 6265 §5.4); ", "
-                // would merge two cookies into one value.
-                joined.push_str(if name == "cookie" { "; " } else { ", " });
-                joined.push_str(&value);
-            }
-            None => headers.push((key, value)),
+        // A header's lines come one after another (HeaderMap keeps them
+        // together) and are joined into one value. Cookie pairs are
+        // separated by "; " (RFC 6265 §5.4); ", " would merge two cookies
+        // into one.
+        let sep = if name == "cookie" { "; " } else { ", " };
+        if !env.extend_last_header(name, sep, value.as_bytes()) {
+            env.header(name, |t| push_latin1(t, value.as_bytes()));
         }
     }
     if let Some(host) = &outcome.http_host {
-        headers.push(("HTTP_HOST".to_owned(), host.clone()));
+        env.header("host", |t| t.push_str(host));
     }
-    CgiVars {
-        vars,
-        headers,
-        outside_prefix: !inside,
-    }
+    env
 }
 
 pub fn protocol(version: Version) -> &'static str {
@@ -249,21 +345,90 @@ pub fn protocol(version: Version) -> &'static str {
 }
 
 /// `user-agent` becomes `HTTP_USER_AGENT`.
-pub fn header_key(name: &str) -> String {
-    let mut key = String::with_capacity(5 + name.len());
-    key.push_str("HTTP_");
-    key.extend(name.chars().map(|c| match c {
+fn push_header_key(out: &mut String, name: &str) {
+    out.push_str("HTTP_");
+    out.extend(name.chars().map(|c| match c {
         '-' => '_',
         c => c.to_ascii_uppercase(),
     }));
-    key
+}
+
+/// Whether `key` is the `HTTP_*` key of the wire name `name`.
+fn same_header_key(key: &str, name: &str) -> bool {
+    key.strip_prefix("HTTP_").is_some_and(|rest| {
+        rest.len() == name.len()
+            && rest.bytes().zip(name.bytes()).all(|(k, n)| {
+                k == if n == b'-' {
+                    b'_'
+                } else {
+                    n.to_ascii_uppercase()
+                }
+            })
+    })
 }
 
 /// PEP 3333 "native strings" carry bytes as latin-1: each byte one char.
 pub fn latin1(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    push_latin1(&mut out, bytes);
+    out
+}
+
+fn push_latin1(out: &mut String, bytes: &[u8]) {
     match std::str::from_utf8(bytes) {
-        Ok(s) if s.is_ascii() => s.to_owned(),
-        _ => bytes.iter().map(|&b| char::from(b)).collect(),
+        Ok(s) if s.is_ascii() => out.push_str(s),
+        _ => out.extend(bytes.iter().map(|&b| char::from(b))),
+    }
+}
+
+/// The request target as sent (`Uri`'s Display, without its allocation).
+fn push_request_uri(out: &mut String, uri: &Uri) {
+    if let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) {
+        out.push_str(scheme);
+        out.push_str("://");
+        out.push_str(authority.as_str());
+    }
+    if let Some(pq) = uri.path_and_query() {
+        out.push_str(pq.as_str());
+    } else if uri.authority().is_none() {
+        out.push('/');
+    } else {
+        // `CONNECT host:port` (refused before this point, kept exact).
+        out.push_str(uri.authority().map_or("", |a| a.as_str()));
+    }
+}
+
+/// Decimal digits without `core::fmt` (this runs for every request).
+fn push_u64(out: &mut String, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    // Digits are ASCII.
+    out.push_str(std::str::from_utf8(&buf[i..]).unwrap_or(""));
+}
+
+/// An address as `REMOTE_ADDR` shows it: IPv4-mapped IPv6 as IPv4.
+fn push_ip(out: &mut String, ip: IpAddr) {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                push_u64(out, u64::from(octet));
+            }
+        }
+        IpAddr::V6(v6) => {
+            use std::fmt::Write as _;
+            let _ = write!(out, "{v6}");
+        }
     }
 }
 
@@ -406,16 +571,18 @@ mod tests {
             ],
             &untrusted(),
         );
-        assert_eq!(env.header("HTTP_X_A"), Some("1, 2"));
-        assert_eq!(env.header("HTTP_COOKIE"), Some("a=1; b=2"));
-        assert_eq!(env.header("HTTP_X_FORWARDED_FOR"), None);
-        assert_eq!(env.header("HTTP_FORWARDED"), None);
-        assert_eq!(env.header("HTTP_TRANSFER_ENCODING"), None);
-        assert_eq!(env.header("HTTP_CONTENT_TYPE"), None);
+        assert_eq!(env.header_value("HTTP_X_A"), Some("1, 2"));
+        assert_eq!(env.header_value("HTTP_COOKIE"), Some("a=1; b=2"));
+        assert_eq!(env.header_value("HTTP_X_FORWARDED_FOR"), None);
+        assert_eq!(env.header_value("HTTP_FORWARDED"), None);
+        assert_eq!(env.header_value("HTTP_TRANSFER_ENCODING"), None);
+        assert_eq!(env.header_value("HTTP_CONTENT_TYPE"), None);
         assert_eq!(env.get(Var::ContentType), Some("text/plain"));
-        assert_eq!(env.header("HTTP_X_LATIN"), Some("café"));
+        assert_eq!(env.header_value("HTTP_X_LATIN"), Some("café"));
         assert_eq!(
-            env.headers.iter().filter(|(k, _)| k == "HTTP_X_A").count(),
+            env.iter()
+                .filter(|e| matches!(e, Entry::Header("HTTP_X_A", _)))
+                .count(),
             1
         );
     }
@@ -423,7 +590,7 @@ mod tests {
     #[test]
     fn proxy_headers_kept_when_clearing_is_off() {
         let env = build("/", &[("x-forwarded-for", b"1.2.3.4")], &Outcome::default());
-        assert_eq!(env.header("HTTP_X_FORWARDED_FOR"), Some("1.2.3.4"));
+        assert_eq!(env.header_value("HTTP_X_FORWARDED_FOR"), Some("1.2.3.4"));
     }
 
     #[test]

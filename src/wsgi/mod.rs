@@ -33,6 +33,8 @@ pub struct Call {
     /// A HEAD request: the connection drops the body unread, which is not
     /// a client disconnect worth logging.
     pub head: bool,
+    /// The request target, for log messages.
+    pub uri: http::Uri,
     /// When the call was handed to the pool (for the queue-wait metric).
     pub queued_at: std::time::Instant,
 }

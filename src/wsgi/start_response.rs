@@ -139,7 +139,7 @@ pub struct StartResponse {
     phase: Phase,
     limits: outbuf::Limits,
     /// Request URI, for log messages.
-    uri: Arc<str>,
+    uri: http::Uri,
 }
 
 pyo3::create_exception!(
@@ -160,7 +160,7 @@ impl Drop for StartResponse {
 }
 
 impl StartResponse {
-    pub fn new(reply: oneshot::Sender<Reply>, limits: outbuf::Limits, uri: Arc<str>) -> Self {
+    pub fn new(reply: oneshot::Sender<Reply>, limits: outbuf::Limits, uri: http::Uri) -> Self {
         StartResponse {
             status: None,
             headers: Vec::new(),

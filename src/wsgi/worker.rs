@@ -16,7 +16,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
 use super::dispatch::{Dispatch, Parker};
-use super::environ::Var;
+use super::environ::{Entry, Var};
 use super::outbuf::Stop;
 use super::pool::{DeferredClose, Job, PoolConfig};
 use super::start_response::{ClientDisconnected, StartResponse, chunk_bytes, wait_for_room};
@@ -89,7 +89,7 @@ pub(super) fn thread_main(ctx: ThreadContext) {
                         );
                     }
                 }
-                Job::Close(iterable) => worker.close(py, iterable.bind(py), "(file response)"),
+                Job::Close(iterable) => worker.close(py, iterable.bind(py), &"(file response)"),
             }
         }
     });
@@ -151,10 +151,10 @@ impl Worker {
             body,
             reply,
             head,
+            uri,
             queued_at: _,
         } = call;
-        let uri: Arc<str> = Arc::from(cgi.get(Var::RequestUri).unwrap_or(""));
-        let responder = StartResponse::new(reply, self.config.output, Arc::clone(&uri));
+        let responder = StartResponse::new(reply, self.config.output, uri.clone());
         let responder = match Bound::new(py, responder) {
             Ok(r) => r,
             Err(e) => {
@@ -206,24 +206,29 @@ impl Worker {
         input: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyDict>> {
         let environ = self.template.bind(py).copy()?;
-        for (var, value) in cgi.vars {
-            environ.set_item(self.keys[var as usize].bind(py), value)?;
-        }
-        for (key, value) in cgi.headers {
-            let key = self.header_key(py, key);
-            environ.set_item(key, value)?;
+        for entry in cgi.iter() {
+            match entry {
+                Entry::Var(var, value) => {
+                    environ.set_item(self.keys[var as usize].bind(py), value)?;
+                }
+                Entry::Header(key, value) => {
+                    let key = self.header_key(py, key);
+                    environ.set_item(key, value)?;
+                }
+            }
         }
         environ.set_item(pyo3::intern!(py, "wsgi.input"), input)?;
         Ok(environ)
     }
 
-    fn header_key<'py>(&mut self, py: Python<'py>, key: String) -> Bound<'py, PyString> {
-        if let Some(k) = self.header_keys.get(&key) {
+    fn header_key<'py>(&mut self, py: Python<'py>, key: &str) -> Bound<'py, PyString> {
+        if let Some(k) = self.header_keys.get(key) {
             return k.bind(py).clone();
         }
-        let interned = PyString::intern(py, &key);
+        let interned = PyString::intern(py, key);
         if self.header_keys.len() < HEADER_KEY_CACHE {
-            self.header_keys.insert(key, interned.clone().unbind());
+            self.header_keys
+                .insert(key.to_owned(), interned.clone().unbind());
         }
         interned
     }
@@ -357,7 +362,13 @@ impl Worker {
         }
     }
 
-    fn failed(&self, py: Python<'_>, responder: &Bound<'_, StartResponse>, err: &PyErr, uri: &str) {
+    fn failed(
+        &self,
+        py: Python<'_>,
+        responder: &Bound<'_, StartResponse>,
+        err: &PyErr,
+        uri: &http::Uri,
+    ) {
         if err.is_instance_of::<ClientDisconnected>(py) {
             tracing::info!("Client disconnected while serving {uri}");
             responder.borrow_mut().fail(String::new());
@@ -376,7 +387,7 @@ impl Worker {
 
     /// PEP 3333: the iterable's `close()` runs once the response is over,
     /// however it ended.
-    fn close(&self, py: Python<'_>, iterable: &Bound<'_, PyAny>, uri: &str) {
+    fn close(&self, py: Python<'_>, iterable: &Bound<'_, PyAny>, uri: &dyn std::fmt::Display) {
         if iterable.is_exact_instance_of::<PyList>() || iterable.is_exact_instance_of::<PyTuple>() {
             return;
         }

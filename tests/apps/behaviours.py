@@ -432,6 +432,15 @@ def app_error(environ, start_response):
     raise AppSpecificError("raised by the app")
 
 
+def pid(environ, start_response):
+    return _plain(start_response, str(os.getpid()))
+
+
+def crash(environ, start_response):
+    # A worker process that dies without a word, as on a segfault.
+    os._exit(70)
+
+
 def collect_garbage(environ, start_response):
     import gc
     found = gc.collect()
@@ -503,6 +512,8 @@ ROUTES = {
     "/python": python_info,
     "/app-error": app_error,
     "/gc": collect_garbage,
+    "/pid": pid,
+    "/crash": crash,
 }
 
 

@@ -1,0 +1,618 @@
+//! Several worker processes (`workers = N`): a supervisor that owns the
+//! listening sockets and the admin listener, and N copies of maitred that
+//! each run their own interpreter and Python threads on the inherited
+//! sockets (the kernel spreads connections among them, as with Gunicorn).
+//!
+//! The supervisor
+//! - starts the workers and waits until each is ready; a worker that exits
+//!   during start-up (an app that does not import) stops start-up with its
+//!   exit code;
+//! - restarts a worker that dies, with a back-off when it keeps dying;
+//! - forwards SIGTERM/SIGINT so every worker drains as a single process
+//!   does, closes its own copies of the listeners when they do (after
+//!   `shutdown_delay`), and exits once they have all exited;
+//! - answers `/livez`, `/readyz` and `/metrics` by asking the workers over
+//!   a private socket pair ([`control`]) and merging their expositions
+//!   ([`merge`]) into one scrape, so Prometheus needs one target per pod.
+//!
+//! The supervisor never starts Python: it stays small, and a crashed
+//! interpreter can only take one worker with it.
+
+pub mod control;
+pub mod merge;
+
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::process::ExitStatus;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+
+use crate::config::Settings;
+use crate::server::listen::{self, Bound};
+use control::{Answer, Ask, Channel};
+use merge::Exposition;
+
+/// Set in a worker's environment: its index.
+const WORKER_ENV: &str = "_MAITRED_WORKER";
+/// Set in a worker's environment: the kinds of the inherited listeners
+/// (descriptors 3, 4, ...), comma-separated; the control socket follows.
+const LISTENERS_ENV: &str = "_MAITRED_LISTENERS";
+/// The first inherited descriptor, as in systemd's convention.
+const FIRST_FD: RawFd = 3;
+
+/// How long a worker gets to answer the supervisor.
+const ASK_WITHIN: Duration = Duration::from_secs(3);
+/// How often the supervisor reads every worker's metrics, bounding what a
+/// worker that dies can take with it.
+const REFRESH: Duration = Duration::from_secs(5);
+/// A worker that lived shorter than this before dying is restarted after
+/// a growing delay.
+const STABLE_AFTER: Duration = Duration::from_secs(10);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// What a worker process inherited from its supervisor.
+pub struct Inherited {
+    pub index: usize,
+    listeners: Vec<(OwnedFd, String)>,
+    control: OwnedFd,
+}
+
+/// Takes the descriptors a supervisor passed, if this process is a
+/// worker. Like systemd's sockets, this must run first thing in `main`,
+/// before any other thread exists or any descriptor is opened.
+pub fn take_inherited() -> Option<Inherited> {
+    let index = std::env::var(WORKER_ENV).ok()?.parse().ok()?;
+    let kinds: Vec<String> = std::env::var(LISTENERS_ENV)
+        .ok()?
+        .split(',')
+        .filter(|k| !k.is_empty())
+        .map(str::to_owned)
+        .collect();
+    // SAFETY: called at the start of `main` (the caller's contract), while
+    // the process has a single thread, so nothing reads the environment
+    // concurrently. Removed so the app's own subprocesses do not inherit
+    // the role.
+    unsafe {
+        std::env::remove_var(WORKER_ENV);
+        std::env::remove_var(LISTENERS_ENV);
+    }
+    let mut fds = Vec::new();
+    for i in 0..=kinds.len() {
+        let fd = FIRST_FD + RawFd::try_from(i).ok()?;
+        // SAFETY: the supervisor placed an open descriptor at each of
+        // these numbers before exec (`spawn` below); nothing in this
+        // process has claimed them yet, as this runs before any other
+        // code, so each OwnedFd is the sole owner. FD_CLOEXEC keeps them
+        // from leaking into the app's subprocesses.
+        unsafe {
+            if libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) == -1 {
+                return None;
+            }
+            fds.push(OwnedFd::from_raw_fd(fd));
+        }
+    }
+    let control = fds.pop()?;
+    Some(Inherited {
+        index,
+        listeners: fds.into_iter().zip(kinds).collect(),
+        control,
+    })
+}
+
+impl Inherited {
+    /// The inherited listeners, ready for the server, and the control
+    /// socket for [`control::serve`].
+    pub fn into_parts(
+        self,
+        settings: &Settings,
+    ) -> Result<(Vec<Bound>, std::os::unix::net::UnixStream), String> {
+        let mut bound = Vec::new();
+        for (fd, kind) in self.listeners {
+            bound.push(listen::inherit(fd, &kind, settings).map_err(|e| e.to_string())?);
+        }
+        let control = std::os::unix::net::UnixStream::from(self.control);
+        control
+            .set_nonblocking(true)
+            .map_err(|e| format!("control socket: {e}"))?;
+        Ok((bound, control))
+    }
+}
+
+/// One running worker, as the supervisor knows it.
+struct Worker {
+    pid: u32,
+    channel: Arc<Channel>,
+    started: Instant,
+    ready: bool,
+    /// Its latest exposition, kept for when it dies.
+    last: Option<Exposition>,
+}
+
+/// The supervisor's state, shared with the admin listener.
+pub struct Supervisor {
+    count: usize,
+    workers: Mutex<HashMap<usize, Worker>>,
+    /// Counters and histograms of workers that have exited.
+    retired: Mutex<Exposition>,
+    draining: AtomicBool,
+}
+
+impl Supervisor {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<usize, Worker>> {
+        self.workers.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn channels(&self, ready_only: bool) -> Vec<(usize, Arc<Channel>)> {
+        self.lock()
+            .iter()
+            .filter(|(_, w)| w.ready || !ready_only)
+            .map(|(i, w)| (*i, Arc::clone(&w.channel)))
+            .collect()
+    }
+
+    /// Live when every ready worker is (a worker being restarted is the
+    /// supervisor's business, not a reason to restart the pod).
+    pub async fn livez(&self) -> Answer {
+        let channels = self.channels(true);
+        if channels.is_empty() {
+            return Answer {
+                ok: false,
+                text: "stuck: no worker is running\n".into(),
+            };
+        }
+        for (i, ch) in channels {
+            match ch.ask(Ask::Livez, ASK_WITHIN).await {
+                Ok(a) if a.ok => {}
+                Ok(a) => {
+                    return Answer {
+                        ok: false,
+                        text: format!("worker {i}: {}", a.text),
+                    };
+                }
+                Err(e) => {
+                    return Answer {
+                        ok: false,
+                        text: format!("stuck: worker {i} does not answer: {e}\n"),
+                    };
+                }
+            }
+        }
+        Answer {
+            ok: true,
+            text: "ok\n".into(),
+        }
+    }
+
+    /// Ready while not draining and at least one worker serves.
+    pub async fn readyz(&self) -> Answer {
+        if self.draining.load(Ordering::Acquire) {
+            return Answer {
+                ok: false,
+                text: "not ready: draining\n".into(),
+            };
+        }
+        let ready = self.lock().values().filter(|w| w.ready).count();
+        if ready == 0 {
+            return Answer {
+                ok: false,
+                text: "not ready: no worker is ready\n".into(),
+            };
+        }
+        Answer {
+            ok: true,
+            text: format!("ready ({ready} of {} workers)\n", self.count),
+        }
+    }
+
+    /// One exposition for the supervisor and every worker, living or
+    /// retired.
+    pub async fn metrics(&self) -> String {
+        let m = crate::metrics::get();
+        m.workers
+            .set(i64::try_from(self.lock().len()).unwrap_or(i64::MAX));
+        let mut total = Exposition::parse(&m.render());
+        total.absorb(&self.retired.lock().unwrap_or_else(PoisonError::into_inner));
+        for (i, ch) in self.channels(false) {
+            let latest = match ch.ask(Ask::Metrics, ASK_WITHIN).await {
+                Ok(a) => {
+                    let e = Exposition::parse(&a.text);
+                    if let Some(w) = self.lock().get_mut(&i) {
+                        w.last = Some(e.clone());
+                    }
+                    Some(e)
+                }
+                // A worker too busy to answer still counts with what it
+                // said last (its gauges are then stale, its counters only
+                // behind).
+                Err(e) => {
+                    tracing::debug!("worker {i} gave no metrics: {e}");
+                    self.lock().get(&i).and_then(|w| w.last.clone())
+                }
+            };
+            if let Some(e) = latest {
+                total.absorb(&e);
+            }
+        }
+        total.render()
+    }
+
+    /// A worker has exited: its counters join the retired ones.
+    fn retire(&self, index: usize) -> Option<Worker> {
+        let worker = self.lock().remove(&index)?;
+        if let Some(last) = &worker.last {
+            self.retired
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .absorb(&last.retained());
+        }
+        Some(worker)
+    }
+}
+
+/// Runs the supervisor until the workers have drained; returns the exit
+/// code.
+pub fn supervise(settings: &Settings, activated: Vec<OwnedFd>) -> Result<u8, String> {
+    let listeners = listen::bind(settings, activated).map_err(|e| e.to_string())?;
+    let admin = listen::bind_admin(settings).map_err(|e| e.to_string())?;
+    // One thread: the death signal asked for each worker (PR_SET_PDEATHSIG)
+    // is tied to the thread that started it, which must outlive them.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the supervisor's runtime: {e}"))?;
+    runtime.block_on(run(settings, listeners, admin))
+}
+
+/// A worker exited: which, which incarnation, how.
+struct Exit {
+    index: usize,
+    pid: u32,
+    status: std::io::Result<ExitStatus>,
+}
+
+async fn run(
+    settings: &Settings,
+    listeners: Vec<Bound>,
+    admin: Vec<(std::net::TcpListener, std::net::SocketAddr)>,
+) -> Result<u8, String> {
+    let count = settings.workers;
+    let sup = Arc::new(Supervisor {
+        count,
+        workers: Mutex::new(HashMap::new()),
+        retired: Mutex::new(Exposition::default()),
+        draining: AtomicBool::new(false),
+    });
+    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    let mut quit = signal(SignalKind::quit()).map_err(|e| e.to_string())?;
+    let (exits_tx, mut exits) = mpsc::unbounded_channel::<Exit>();
+
+    // Start-up: every worker must come up, or none stays.
+    for index in 0..count {
+        spawn(&sup, index, &listeners, &exits_tx)?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        tokio::select! {
+            exit = exits.recv() => {
+                let Some(exit) = exit else { return Err("lost track of the workers".into()) };
+                let code = exit_code(&exit.status);
+                tracing::error!(
+                    "worker {} (pid {}) exited during start-up ({}); stopping",
+                    exit.index, exit.pid, describe(&exit.status)
+                );
+                kill_all(&sup, libc::SIGKILL);
+                return Ok(if code == 0 { 1 } else { code });
+            }
+            () = tokio::time::sleep(Duration::from_millis(50)) => {
+                poll_ready(&sup).await;
+                if sup.lock().values().all(|w| w.ready) {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    kill_all(&sup, libc::SIGKILL);
+                    return Err("the workers did not become ready within 120s".into());
+                }
+            }
+        }
+    }
+    for listener in &listeners {
+        tracing::info!("{}", listener.announcement());
+    }
+    for (listener, addr) in admin {
+        tracing::info!(
+            "Admin listener (/livez, /readyz, /metrics) on http://{}",
+            crate::config::display_addr(&addr)
+        );
+        let listener = tokio::net::TcpListener::from_std(listener).map_err(|e| e.to_string())?;
+        tokio::spawn(crate::admin::run(
+            listener,
+            crate::admin::Backend::Supervisor(Arc::clone(&sup)),
+        ));
+    }
+    tracing::info!("supervising {count} worker processes");
+    tokio::spawn(refresh(Arc::clone(&sup)));
+
+    let mut backoff: HashMap<usize, Duration> = HashMap::new();
+    // Workers waiting out their back-off: (when, index).
+    let mut pending: Vec<(tokio::time::Instant, usize)> = Vec::new();
+    let first = loop {
+        let next_respawn = pending.iter().map(|(at, _)| *at).min();
+        tokio::select! {
+            exit = exits.recv() => {
+                let Some(exit) = exit else { return Err("lost track of the workers".into()) };
+                let Some(worker) = sup.retire(exit.index) else { continue };
+                crate::metrics::get().worker_restarts.inc();
+                let lived = worker.started.elapsed();
+                let delay = if lived >= STABLE_AFTER {
+                    backoff.remove(&exit.index);
+                    Duration::ZERO
+                } else {
+                    let d = backoff
+                        .get(&exit.index)
+                        .map_or(Duration::from_millis(500), |d| (*d * 2).min(MAX_BACKOFF));
+                    backoff.insert(exit.index, d);
+                    d
+                };
+                tracing::warn!(
+                    "worker {} (pid {}) exited ({}) after {:.1}s; restarting it in {:.1}s",
+                    exit.index,
+                    exit.pid,
+                    describe(&exit.status),
+                    lived.as_secs_f64(),
+                    delay.as_secs_f64()
+                );
+                pending.push((tokio::time::Instant::now() + delay, exit.index));
+            }
+            () = sleep_until(next_respawn), if next_respawn.is_some() => {
+                let now = tokio::time::Instant::now();
+                let (due, later): (Vec<_>, Vec<_>) = pending.into_iter().partition(|(at, _)| *at <= now);
+                pending = later;
+                for (_, index) in due {
+                    if let Err(e) = spawn(&sup, index, &listeners, &exits_tx) {
+                        tracing::error!("cannot restart worker {index}: {e}");
+                        pending.push((now + MAX_BACKOFF, index));
+                    }
+                }
+            }
+            () = tokio::time::sleep(Duration::from_millis(200)) => poll_ready(&sup).await,
+            _ = term.recv() => break libc::SIGTERM,
+            _ = int.recv() => break libc::SIGINT,
+            _ = quit.recv() => {
+                tracing::warn!("SIGQUIT received: stopping the workers at once");
+                kill_all(&sup, libc::SIGQUIT);
+                return Ok(1);
+            }
+        }
+    };
+
+    // Drain: the workers each run the single-process drain; the
+    // supervisor keeps its copies of the sockets exactly as long as they
+    // keep theirs, so the listening sockets close when theirs do.
+    sup.draining.store(true, Ordering::Release);
+    tracing::info!(
+        "{} received: draining the workers (signal again to stop them at once)",
+        signal_name(first)
+    );
+    kill_all(&sup, first);
+    let plan = Duration::from_secs_f64(
+        settings.shutdown_delay.0.as_secs_f64() + settings.graceful_timeout.0.as_secs_f64() + 5.0,
+    );
+    let shutdown_delay = tokio::time::sleep(settings.shutdown_delay.0);
+    tokio::pin!(shutdown_delay);
+    let give_up = tokio::time::sleep(plan);
+    tokio::pin!(give_up);
+    let mut listeners = Some(listeners);
+    let mut failed = false;
+    while !sup.lock().is_empty() {
+        tokio::select! {
+            exit = exits.recv() => {
+                let Some(exit) = exit else { break };
+                if exit_code(&exit.status) != 0 {
+                    failed = true;
+                }
+                sup.retire(exit.index);
+            }
+            () = &mut shutdown_delay, if listeners.is_some() => {
+                drop(listeners.take());
+                remove_socket_files(settings);
+            }
+            () = &mut give_up => {
+                tracing::warn!("the workers did not finish within shutdown_delay + graceful_timeout; killing them");
+                kill_all(&sup, libc::SIGKILL);
+                return Ok(1);
+            }
+            _ = term.recv() => kill_all(&sup, libc::SIGTERM),
+            _ = int.recv() => kill_all(&sup, libc::SIGINT),
+            _ = quit.recv() => {
+                kill_all(&sup, libc::SIGQUIT);
+                return Ok(1);
+            }
+        }
+    }
+    remove_socket_files(settings);
+    tracing::info!("every worker has exited");
+    Ok(u8::from(failed))
+}
+
+/// Starts worker `index` on the listeners.
+fn spawn(
+    sup: &Arc<Supervisor>,
+    index: usize,
+    listeners: &[Bound],
+    exits: &mpsc::UnboundedSender<Exit>,
+) -> Result<(), String> {
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair()
+        .map_err(|e| format!("cannot create a control socket: {e}"))?;
+    let mut fds: Vec<RawFd> = listeners.iter().map(Bound::raw_fd).collect();
+    fds.push(theirs.as_raw_fd());
+    let kinds: Vec<&str> = listeners.iter().map(Bound::kind).collect();
+    let exe =
+        std::env::current_exe().map_err(|e| format!("cannot find maitred's own binary: {e}"))?;
+    let mut cmd = tokio::process::Command::new(exe);
+    cmd.args(std::env::args_os().skip(1))
+        .env(WORKER_ENV, index.to_string())
+        .env(LISTENERS_ENV, kinds.join(","))
+        .kill_on_drop(false);
+    // SAFETY: the closure runs in the child between fork and exec, where
+    // only async-signal-safe calls are allowed: it uses fcntl, dup2,
+    // close, prctl and setpgid only, allocates nothing (a fixed array on
+    // the stack), and reads only the captured vector (the child's own
+    // copy after fork).
+    unsafe {
+        cmd.pre_exec(move || place_fds(&fds));
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start worker {index}: {e}"))?;
+    drop(theirs);
+    let pid = child.id().unwrap_or(0);
+    ours.set_nonblocking(true)
+        .map_err(|e| format!("control socket: {e}"))?;
+    let channel =
+        tokio::net::UnixStream::from_std(ours).map_err(|e| format!("control socket: {e}"))?;
+    sup.lock().insert(
+        index,
+        Worker {
+            pid,
+            channel: Arc::new(Channel::new(channel)),
+            started: Instant::now(),
+            ready: false,
+            last: None,
+        },
+    );
+    let exits = exits.clone();
+    tokio::spawn(async move {
+        let status = child.wait().await;
+        let _ = exits.send(Exit { index, pid, status });
+    });
+    Ok(())
+}
+
+/// In the child after fork: moves the inherited descriptors to 3, 4, ...
+/// (without close-on-exec) and asks for SIGTERM if the supervisor dies.
+fn place_fds(fds: &[RawFd]) -> std::io::Result<()> {
+    let check = |r: libc::c_int| {
+        if r == -1 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(r)
+        }
+    };
+    let count = RawFd::try_from(fds.len()).unwrap_or(RawFd::MAX);
+    let above = fds.iter().copied().max().unwrap_or(0).max(FIRST_FD + count);
+    // First out of the way (a source may sit where another must go), then
+    // into place; dup2 clears close-on-exec on the new descriptor.
+    let mut moved = [0 as RawFd; 64];
+    if fds.len() > moved.len() {
+        return Err(std::io::Error::other("too many listeners to hand over"));
+    }
+    for (i, fd) in fds.iter().enumerate() {
+        // SAFETY: fcntl on descriptors this process holds.
+        moved[i] = check(unsafe { libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, above + 1) })?;
+    }
+    for (i, fd) in moved.iter().take(fds.len()).enumerate() {
+        let target = FIRST_FD + RawFd::try_from(i).unwrap_or(0);
+        // SAFETY: dup2/close on descriptors this process holds.
+        check(unsafe { libc::dup2(*fd, target) })?;
+        check(unsafe { libc::close(*fd) })?;
+    }
+    // SAFETY: prctl with PR_SET_PDEATHSIG and setpgid take integers only.
+    // A process group of its own keeps a terminal's Ctrl-C from reaching
+    // the workers directly: the supervisor forwards signals, once.
+    check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0) })?;
+    check(unsafe { libc::setpgid(0, 0) })?;
+    Ok(())
+}
+
+/// Asks workers not yet ready whether they are now.
+async fn poll_ready(sup: &Supervisor) {
+    let pending: Vec<(usize, Arc<Channel>)> = sup
+        .lock()
+        .iter()
+        .filter(|(_, w)| !w.ready)
+        .map(|(i, w)| (*i, Arc::clone(&w.channel)))
+        .collect();
+    for (i, ch) in pending {
+        if let Ok(a) = ch.ask(Ask::Readyz, ASK_WITHIN).await {
+            if a.ok {
+                if let Some(w) = sup.lock().get_mut(&i) {
+                    w.ready = true;
+                    tracing::info!("worker {i} (pid {}) is ready", w.pid);
+                }
+            }
+        }
+    }
+}
+
+/// Reads every worker's metrics now and then, so a worker that dies takes
+/// at most a few seconds of counts with it.
+async fn refresh(sup: Arc<Supervisor>) {
+    loop {
+        tokio::time::sleep(REFRESH).await;
+        for (i, ch) in sup.channels(true) {
+            if let Ok(a) = ch.ask(Ask::Metrics, ASK_WITHIN).await {
+                if let Some(w) = sup.lock().get_mut(&i) {
+                    w.last = Some(Exposition::parse(&a.text));
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    if let Some(at) = at {
+        tokio::time::sleep_until(at).await;
+    }
+}
+
+fn kill_all(sup: &Supervisor, sig: libc::c_int) {
+    for w in sup.lock().values() {
+        if let Ok(pid) = libc::pid_t::try_from(w.pid) {
+            // SAFETY: kill takes two integers and touches no memory of this
+            // process. (The pid is a worker not yet seen to exit; in the
+            // instant between its reaping and its removal from the map the
+            // signal is aimed at a pid the kernel has only just freed.)
+            unsafe {
+                libc::kill(pid, sig);
+            }
+        }
+    }
+}
+
+fn remove_socket_files(settings: &Settings) {
+    if let Some(path) = &settings.unix_socket {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+fn exit_code(status: &std::io::Result<ExitStatus>) -> u8 {
+    match status {
+        Ok(s) => s.code().and_then(|c| u8::try_from(c).ok()).unwrap_or(1),
+        Err(_) => 1,
+    }
+}
+
+fn describe(status: &std::io::Result<ExitStatus>) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match status {
+        Ok(s) => match (s.code(), s.signal()) {
+            (Some(c), _) => format!("exit status {c}"),
+            (None, Some(sig)) => format!("killed by signal {sig}"),
+            _ => s.to_string(),
+        },
+        Err(e) => format!("unknown status: {e}"),
+    }
+}
+
+fn signal_name(sig: libc::c_int) -> &'static str {
+    match sig {
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGINT => "SIGINT",
+        _ => "a signal",
+    }
+}
