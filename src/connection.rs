@@ -32,12 +32,23 @@ use crate::metrics::{self, ConnectionTimeout};
 
 const HEAD_TOO_SLOW: &str = "request head not complete within header_timeout";
 
-/// A process-wide sequence number: which connection became idle first
-/// only needs an order, not a clock (and reading the clock per request
-/// shows in profiles).
+/// A process-wide sequence of idle transitions: which connection became
+/// idle first only needs an order, not a clock (and reading the clock per
+/// request shows in profiles).
+static IDLE_ORDER: AtomicU64 = AtomicU64::new(0);
+
 fn idle_order() -> u64 {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    NEXT.fetch_add(1, Ordering::Relaxed)
+    IDLE_ORDER.fetch_add(1, Ordering::Relaxed)
+}
+
+/// How often the eviction marks advance: the least time a connection must
+/// have been idle to be closed to make room for a new one.
+pub const EVICTION_TICK: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// A mark in the idle order: connections idle since before it have been
+/// idle at least since the mark was taken.
+pub fn idle_mark() -> u64 {
+    IDLE_ORDER.load(Ordering::Relaxed)
 }
 
 /// What the service, the socket wrapper and the registry share.
@@ -120,6 +131,10 @@ impl Drop for RequestGuard {
 pub struct Registry {
     conns: Mutex<HashMap<u64, Arc<ConnState>>>,
     next_id: AtomicU64,
+    /// [`idle_mark`] at the last two [`Registry::tick`]s: a connection
+    /// idle since before `older` has been idle for at least one tick.
+    older: AtomicU64,
+    newer: AtomicU64,
 }
 
 /// Removes a connection from the registry when its task ends.
@@ -154,13 +169,18 @@ impl Registry {
     }
 
     /// Asks the longest-idle connection to close, to make room for a new
-    /// one at the connection limit. Returns false when every connection is
-    /// busy (the new one then waits in the kernel backlog, as in Waitress).
-    pub fn close_idlest(&self) -> bool {
+    /// one at the connection limit, among those idle since before `mark`
+    /// (see [`idle_mark`]): a keep-alive connection that is between two
+    /// requests of a busy client is not idle in any useful sense, and
+    /// closing it would race with its next request. Returns false when no
+    /// connection qualifies (the new one then waits in the kernel backlog,
+    /// as in Waitress).
+    pub fn close_idlest(&self, mark: u64) -> bool {
         let conns = self.lock();
         let idlest = conns
             .values()
             .filter(|c| !c.is_busy() && !c.close_requested.load(Ordering::Relaxed))
+            .filter(|c| c.idle_since.load(Ordering::Relaxed) < mark)
             .min_by_key(|c| c.idle_since.load(Ordering::Relaxed));
         match idlest {
             Some(c) => {
@@ -170,6 +190,19 @@ impl Registry {
             }
             None => false,
         }
+    }
+
+    /// Advances the eviction marks; called every [`EVICTION_TICK`].
+    pub fn tick(&self) {
+        self.older
+            .store(self.newer.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.newer.store(idle_mark(), Ordering::Relaxed);
+    }
+
+    /// Closes the longest-idle connection that has been idle for at least
+    /// one [`EVICTION_TICK`] (see [`Registry::close_idlest`]).
+    pub fn evict(&self) -> bool {
+        self.close_idlest(self.older.load(Ordering::Relaxed))
     }
 
     /// Asks every connection to close (drain).
@@ -558,14 +591,20 @@ mod tests {
         let newer = registry.register();
         let busy = registry.register();
         let _guard = busy.state.begin();
-        assert!(registry.close_idlest());
+        let mark = idle_mark();
+        let fresh = registry.register();
+        assert!(registry.close_idlest(mark));
         assert!(older.state.close_requested.load(Ordering::Relaxed));
         assert!(!newer.state.close_requested.load(Ordering::Relaxed));
-        assert!(registry.close_idlest());
+        assert!(registry.close_idlest(mark));
         assert!(newer.state.close_requested.load(Ordering::Relaxed));
-        assert!(!registry.close_idlest(), "only the busy one is left");
-        assert_eq!((registry.open(), registry.busy()), (3, 1));
+        assert!(
+            !registry.close_idlest(mark),
+            "only the busy one and one idle for less than a round are left"
+        );
+        assert!(!fresh.state.close_requested.load(Ordering::Relaxed));
+        assert_eq!((registry.open(), registry.busy()), (4, 1));
         drop(older);
-        assert_eq!(registry.open(), 2);
+        assert_eq!(registry.open(), 3);
     }
 }

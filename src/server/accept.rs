@@ -155,9 +155,10 @@ async fn wait_for_slot(
     stop: &mut watch::Receiver<bool>,
 ) -> Option<OwnedSemaphorePermit> {
     loop {
-        // An idle connection closes within microseconds; if the one asked
-        // has not (or none was idle), the next round asks another.
-        ctx.registry.close_idlest();
+        // One asked to close is gone within microseconds; if none was idle
+        // long enough (or the one asked has not closed), the next round
+        // asks another.
+        ctx.registry.evict();
         tokio::select! {
             p = Arc::clone(&ctx.limit).acquire_owned() => return p.ok(),
             _ = stop.changed() => return None,
