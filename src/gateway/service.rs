@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use http::header::{
     CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, SERVER, TRANSFER_ENCODING, VIA,
 };
@@ -264,6 +264,17 @@ async fn receive(
     shared: &Shared,
 ) -> Result<Received, Rejection> {
     let framed = has_body(parts);
+    if body.is_end_stream() {
+        // No body (a GET), or `Content-Length: 0`: nothing to wait for.
+        return Ok(Received {
+            body: RequestBody::Memory(Bytes::new()),
+            len: 0,
+            framed,
+        });
+    }
+    // The first piece is kept as hyper hands it over (no copy); a body in
+    // several pieces is gathered in `memory`.
+    let mut first: Option<Bytes> = None;
     let mut memory = BytesMut::new();
     let mut spool: Option<tokio::fs::File> = None;
     let mut len: u64 = 0;
@@ -286,6 +297,13 @@ async fn receive(
         if len > shared.max_body {
             return Err(policy::body_too_large(shared.max_body));
         }
+        if spool.is_none() && first.is_none() && memory.is_empty() && len <= shared.inbuf_overflow as u64 {
+            first = Some(data);
+            continue;
+        }
+        if let Some(piece) = first.take() {
+            memory.extend_from_slice(&piece);
+        }
         if spool.is_none() && memory.len() + data.len() > shared.inbuf_overflow {
             let mut file = tokio::fs::File::from_std(tempfile::tempfile().map_err(spool_failed)?);
             file.write_all(&memory).await.map_err(spool_failed)?;
@@ -298,7 +316,7 @@ async fn receive(
         }
     }
     let body = match spool {
-        None => RequestBody::Memory(memory.freeze()),
+        None => RequestBody::Memory(first.unwrap_or_else(|| memory.freeze())),
         Some(mut file) => {
             file.flush().await.map_err(spool_failed)?;
             let mut file = file.into_std().await;
