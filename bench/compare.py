@@ -33,8 +33,8 @@ import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-VENV = os.environ.get("BENCH_VENV", os.path.join(ROOT, "target", "bench-venv"))
-MAITRED = os.environ.get("MAITRED_BIN", os.path.join(ROOT, "target", "release", "maitred"))
+VENV = os.path.abspath(os.environ.get("BENCH_VENV", os.path.join(ROOT, "target", "bench-venv")))
+MAITRED = os.path.abspath(os.environ.get("MAITRED_BIN", os.path.join(ROOT, "target", "release", "maitred")))
 
 # scenario -> extra wrk arguments
 SCENARIOS = {
