@@ -88,14 +88,14 @@ impl ConnState {
     }
 
     pub fn is_busy(&self) -> bool {
-        self.busy.load(Ordering::Relaxed)
+        self.busy.load(Ordering::Acquire)
     }
 
     /// A request head has been parsed; returns a guard that marks the
     /// connection idle again when the response is over (or abandoned).
     pub fn begin(self: &Arc<Self>) -> RequestGuard {
         self.requests.fetch_add(1, Ordering::Relaxed);
-        self.busy.store(true, Ordering::Relaxed);
+        self.busy.store(true, Ordering::Release);
         RequestGuard(Arc::clone(self))
     }
 
@@ -121,8 +121,11 @@ pub struct RequestGuard(Arc<ConnState>);
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
+        // Release: whoever sees `busy` false also sees the new idle order,
+        // so a connection that has just finished a request is not taken
+        // for one idle since before it.
         self.0.idle_since.store(idle_order(), Ordering::Relaxed);
-        self.0.busy.store(false, Ordering::Relaxed);
+        self.0.busy.store(false, Ordering::Release);
     }
 }
 

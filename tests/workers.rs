@@ -190,3 +190,44 @@ fn sigterm_drains_every_worker() {
         "the listener is closed"
     );
 }
+
+#[test]
+fn a_stop_signal_during_startup_is_not_held_until_the_workers_are_ready() {
+    let mut child = std::process::Command::new(common::BIN)
+        .args([
+            "--listen=127.0.0.1:0",
+            "--admin-listen=127.0.0.1:0",
+            "--workers=2",
+            "slow_import:app",
+        ])
+        .current_dir(common::apps_dir())
+        .env("SLOW_IMPORT_SECONDS", "60")
+        .env("NO_COLOR", "1")
+        .env_remove("VIRTUAL_ENV")
+        .env_remove("MAITRED_CONFIG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn maitred");
+    std::thread::sleep(Duration::from_millis(1500));
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let exited = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    if exited.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    assert!(exited.is_some(), "SIGTERM during start-up was ignored");
+}

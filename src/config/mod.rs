@@ -189,6 +189,9 @@ pub struct Log {
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
 pub const DEFAULT_PORT: u16 = 8080;
 
+/// Larger request heads are a typo, not a need (browsers send a few KiB).
+pub const MAX_HEADER_SIZE: u64 = 64 << 20;
+
 /// More worker processes than this is a typo (each holds an interpreter).
 pub const MAX_WORKERS: usize = 64;
 
@@ -366,6 +369,12 @@ impl Settings {
             problems.push(Problem::new(
                 "limits.max_request_header_size",
                 "must be at least 64 bytes: no request line fits in less",
+            ));
+        }
+        if limits.max_request_header_size.0 > MAX_HEADER_SIZE {
+            problems.push(Problem::new(
+                "limits.max_request_header_size",
+                "must be at most 64MiB",
             ));
         }
         if limits.max_request_headers == 0 || limits.max_request_headers > 10_000 {

@@ -16,9 +16,14 @@ use crate::metrics::{self, Exchange};
 use crate::wsgi::environ::Peer;
 
 pub struct Record {
-    exchange: Exchange,
+    /// `None` once finished.
+    exchange: Option<Exchange>,
     access: Option<Pending>,
 }
+
+/// The status recorded for a request whose client went away before its
+/// response was under way (nginx's convention; no response was sent).
+pub const CLIENT_CLOSED: u16 = 499;
 
 /// An access-log line waiting for its response to finish.
 struct Pending {
@@ -59,13 +64,16 @@ impl Record {
                 },
             }
         });
-        Record { exchange, access }
+        Record {
+            exchange: Some(exchange),
+            access,
+        }
     }
 
     /// What trusted proxies said about the client and the scheme.
     pub fn forwarded(&mut self, client: Option<&str>, scheme: Option<&str>) {
-        if let Some(scheme) = scheme {
-            self.exchange.set_scheme(scheme);
+        if let (Some(scheme), Some(exchange)) = (scheme, &mut self.exchange) {
+            exchange.set_scheme(scheme);
         }
         if let (Some(pending), Some(client)) = (&mut self.access, client) {
             pending.entry.client = client.to_owned();
@@ -73,20 +81,40 @@ impl Record {
     }
 
     pub fn request_body(&mut self, bytes: u64) {
-        self.exchange.set_request_body(bytes);
+        if let Some(exchange) = &mut self.exchange {
+            exchange.set_request_body(bytes);
+        }
         if let Some(pending) = &mut self.access {
             pending.entry.request_body = bytes;
         }
     }
 
     /// The response is over; `sent` body bytes went to the connection.
-    pub fn finish(self, status: StatusCode, sent: u64) {
-        let took = self.exchange.finish(status, sent);
-        if let Some(Pending { log, mut entry }) = self.access {
+    pub fn finish(mut self, status: StatusCode, sent: u64) {
+        self.close(status, sent);
+    }
+
+    fn close(&mut self, status: StatusCode, sent: u64) {
+        let Some(exchange) = self.exchange.take() else {
+            return;
+        };
+        let took = exchange.finish(status, sent);
+        if let Some(Pending { log, mut entry }) = self.access.take() {
             entry.status = status.as_u16();
             entry.response_body = sent;
             entry.duration = took;
             log.log(entry);
+        }
+    }
+}
+
+impl Drop for Record {
+    /// A request dropped before its response existed: hyper gave up on it
+    /// because the client went away while it was read, queued or in the
+    /// app. It still counts, as 499.
+    fn drop(&mut self) {
+        if let Ok(status) = StatusCode::from_u16(CLIENT_CLOSED) {
+            self.close(status, 0);
         }
     }
 }
@@ -98,4 +126,34 @@ fn client_of(peer: Option<IpAddr>) -> String {
         || "localhost".to_owned(),
         |ip| ip.to_canonical().to_string(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn count(scrape: &str, series: &str) -> f64 {
+        scrape
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    #[test]
+    fn a_record_dropped_unfinished_counts_as_499_once() {
+        let series = "http_server_request_duration_seconds_count{http_request_method=\"DELETE\",http_response_status_code=\"499\",network_protocol_version=\"1.1\",url_scheme=\"http\"}";
+        let before = count(&metrics::get().render(), series);
+        let (parts, ()) = http::Request::delete("/gone")
+            .body(())
+            .expect("request")
+            .into_parts();
+        let peer = Peer::Unix;
+        drop(Record::begin(&parts, &peer, "http", None));
+        assert_eq!(count(&metrics::get().render(), series), before + 1.0);
+        // A finished one is not counted again when dropped.
+        let finished = Record::begin(&parts, &peer, "http", None);
+        finished.finish(StatusCode::NO_CONTENT, 0);
+        assert_eq!(count(&metrics::get().render(), series), before + 1.0);
+    }
 }

@@ -297,7 +297,11 @@ async fn receive(
         if len > shared.max_body {
             return Err(policy::body_too_large(shared.max_body));
         }
-        if spool.is_none() && first.is_none() && memory.is_empty() && len <= shared.inbuf_overflow as u64 {
+        if spool.is_none()
+            && first.is_none()
+            && memory.is_empty()
+            && len <= shared.inbuf_overflow as u64
+        {
             first = Some(data);
             continue;
         }

@@ -46,6 +46,9 @@ const FIRST_FD: RawFd = 3;
 
 /// How long a worker gets to answer the supervisor.
 const ASK_WITHIN: Duration = Duration::from_secs(3);
+/// How long the supervisor waits for a starting worker's readiness answer
+/// before asking again (it keeps its loop responsive to signals).
+const READY_WITHIN: Duration = Duration::from_millis(100);
 /// How often the supervisor reads every worker's metrics, bounding what a
 /// worker that dies can take with it.
 const REFRESH: Duration = Duration::from_secs(5);
@@ -211,44 +214,56 @@ impl Supervisor {
     /// One exposition for the supervisor and every worker, living or
     /// retired.
     pub async fn metrics(&self) -> String {
-        let m = crate::metrics::get();
-        m.workers
-            .set(i64::try_from(self.lock().len()).unwrap_or(i64::MAX));
-        let mut total = Exposition::parse(&m.render());
-        total.absorb(&self.retired.lock().unwrap_or_else(PoisonError::into_inner));
-        for (i, ch) in self.channels(false) {
-            let latest = match ch.ask(Ask::Metrics, ASK_WITHIN).await {
+        // Ask first, then combine under the lock, matching answers to
+        // workers by pid: a worker that exits (and is retired) while the
+        // others are asked must count once, through `retired`, and an
+        // answer from it must not be credited to its replacement.
+        let asked: Vec<(usize, u32, Arc<Channel>)> = self
+            .lock()
+            .iter()
+            .map(|(i, w)| (*i, w.pid, Arc::clone(&w.channel)))
+            .collect();
+        let mut fresh: HashMap<u32, Exposition> = HashMap::new();
+        for (i, pid, ch) in asked {
+            match ch.ask(Ask::Metrics, ASK_WITHIN).await {
                 Ok(a) => {
-                    let e = Exposition::parse(&a.text);
-                    if let Some(w) = self.lock().get_mut(&i) {
-                        w.last = Some(e.clone());
-                    }
-                    Some(e)
+                    fresh.insert(pid, Exposition::parse(&a.text));
                 }
-                // A worker too busy to answer still counts with what it
-                // said last (its gauges are then stale, its counters only
-                // behind).
-                Err(e) => {
-                    tracing::debug!("worker {i} gave no metrics: {e}");
-                    self.lock().get(&i).and_then(|w| w.last.clone())
-                }
-            };
-            if let Some(e) = latest {
-                total.absorb(&e);
+                Err(e) => tracing::debug!("worker {i} (pid {pid}) gave no metrics: {e}"),
             }
         }
+        let m = crate::metrics::get();
+        let mut workers = self.lock();
+        m.workers
+            .set(i64::try_from(workers.len()).unwrap_or(i64::MAX));
+        let mut total = Exposition::parse(&m.render());
+        total.absorb(&self.retired.lock().unwrap_or_else(PoisonError::into_inner));
+        for w in workers.values_mut() {
+            if let Some(e) = fresh.remove(&w.pid) {
+                w.last = Some(e);
+            }
+            // A worker too busy to answer counts with what it said last
+            // (its gauges are then stale, its counters only behind).
+            if let Some(last) = &w.last {
+                total.absorb(last);
+            }
+        }
+        drop(workers);
         total.render()
     }
 
-    /// A worker has exited: its counters join the retired ones.
+    /// A worker has exited: its counters join the retired ones (under the
+    /// same lock order as [`Supervisor::metrics`]: workers, then retired).
     fn retire(&self, index: usize) -> Option<Worker> {
-        let worker = self.lock().remove(&index)?;
+        let mut workers = self.lock();
+        let worker = workers.remove(&index)?;
         if let Some(last) = &worker.last {
             self.retired
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .absorb(&last.retained());
         }
+        drop(workers);
         Some(worker)
     }
 }
@@ -296,8 +311,15 @@ async fn run(
         spawn(&sup, index, &listeners, &exits_tx)?;
     }
     let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
+    // A stop signal during start-up goes straight to the drain below.
+    let stopped_early: Option<libc::c_int> = loop {
         tokio::select! {
+            _ = term.recv() => break Some(libc::SIGTERM),
+            _ = int.recv() => break Some(libc::SIGINT),
+            _ = quit.recv() => {
+                kill_all(&sup, libc::SIGQUIT);
+                return Ok(1);
+            }
             exit = exits.recv() => {
                 let Some(exit) = exit else { return Err("lost track of the workers".into()) };
                 let code = exit_code(&exit.status);
@@ -311,7 +333,7 @@ async fn run(
             () = tokio::time::sleep(Duration::from_millis(50)) => {
                 poll_ready(&sup).await;
                 if sup.lock().values().all(|w| w.ready) {
-                    break;
+                    break None;
                 }
                 if Instant::now() > deadline {
                     kill_all(&sup, libc::SIGKILL);
@@ -319,9 +341,11 @@ async fn run(
                 }
             }
         }
-    }
-    for listener in &listeners {
-        tracing::info!("{}", listener.announcement());
+    };
+    if stopped_early.is_none() {
+        for listener in &listeners {
+            tracing::info!("{}", listener.announcement());
+        }
     }
     for (listener, addr) in admin {
         tracing::info!(
@@ -341,6 +365,9 @@ async fn run(
     // Workers waiting out their back-off: (when, index).
     let mut pending: Vec<(tokio::time::Instant, usize)> = Vec::new();
     let first = loop {
+        if let Some(sig) = stopped_early {
+            break sig;
+        }
         let next_respawn = pending.iter().map(|(at, _)| *at).min();
         tokio::select! {
             exit = exits.recv() => {
@@ -448,8 +475,23 @@ fn spawn(
 ) -> Result<(), String> {
     let (ours, theirs) = std::os::unix::net::UnixStream::pair()
         .map_err(|e| format!("cannot create a control socket: {e}"))?;
+    // Everything that can fail happens before the worker exists, so a
+    // failure never leaves an unsupervised worker behind.
+    ours.set_nonblocking(true)
+        .map_err(|e| format!("control socket: {e}"))?;
+    let channel =
+        tokio::net::UnixStream::from_std(ours).map_err(|e| format!("control socket: {e}"))?;
     let mut fds: Vec<RawFd> = listeners.iter().map(Bound::raw_fd).collect();
     fds.push(theirs.as_raw_fd());
+    if fds.len() > MAX_HANDED_OVER {
+        return Err(format!(
+            "{} listeners: at most {} can be handed to workers",
+            fds.len() - 1,
+            MAX_HANDED_OVER - 1
+        ));
+    }
+    // SAFETY: getpid takes no arguments and cannot fail.
+    let supervisor = unsafe { libc::getpid() };
     let kinds: Vec<&str> = listeners.iter().map(Bound::kind).collect();
     let exe =
         std::env::current_exe().map_err(|e| format!("cannot find maitred's own binary: {e}"))?;
@@ -464,17 +506,13 @@ fn spawn(
     // the stack), and reads only the captured vector (the child's own
     // copy after fork).
     unsafe {
-        cmd.pre_exec(move || place_fds(&fds));
+        cmd.pre_exec(move || place_fds(&fds, supervisor));
     }
     let mut child = cmd
         .spawn()
         .map_err(|e| format!("cannot start worker {index}: {e}"))?;
     drop(theirs);
     let pid = child.id().unwrap_or(0);
-    ours.set_nonblocking(true)
-        .map_err(|e| format!("control socket: {e}"))?;
-    let channel =
-        tokio::net::UnixStream::from_std(ours).map_err(|e| format!("control socket: {e}"))?;
     sup.lock().insert(
         index,
         Worker {
@@ -493,9 +531,13 @@ fn spawn(
     Ok(())
 }
 
+/// Listeners plus the control socket that fit the child's fixed table.
+const MAX_HANDED_OVER: usize = 64;
+
 /// In the child after fork: moves the inherited descriptors to 3, 4, ...
 /// (without close-on-exec) and asks for SIGTERM if the supervisor dies.
-fn place_fds(fds: &[RawFd]) -> std::io::Result<()> {
+/// Allocates nothing (the caller checked `fds.len()`).
+fn place_fds(fds: &[RawFd], supervisor: libc::pid_t) -> std::io::Result<()> {
     let check = |r: libc::c_int| {
         if r == -1 {
             Err(std::io::Error::last_os_error())
@@ -507,9 +549,9 @@ fn place_fds(fds: &[RawFd]) -> std::io::Result<()> {
     let above = fds.iter().copied().max().unwrap_or(0).max(FIRST_FD + count);
     // First out of the way (a source may sit where another must go), then
     // into place; dup2 clears close-on-exec on the new descriptor.
-    let mut moved = [0 as RawFd; 64];
+    let mut moved = [0 as RawFd; MAX_HANDED_OVER];
     if fds.len() > moved.len() {
-        return Err(std::io::Error::other("too many listeners to hand over"));
+        return Err(std::io::Error::from_raw_os_error(libc::EMFILE));
     }
     for (i, fd) in fds.iter().enumerate() {
         // SAFETY: fcntl on descriptors this process holds.
@@ -526,23 +568,32 @@ fn place_fds(fds: &[RawFd]) -> std::io::Result<()> {
     // the workers directly: the supervisor forwards signals, once.
     check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0) })?;
     check(unsafe { libc::setpgid(0, 0) })?;
+    // The supervisor may have died before the death signal was asked for;
+    // then none would ever come.
+    // SAFETY: getppid takes no arguments and cannot fail.
+    if unsafe { libc::getppid() } != supervisor {
+        return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+    }
     Ok(())
 }
 
 /// Asks workers not yet ready whether they are now.
 async fn poll_ready(sup: &Supervisor) {
-    let pending: Vec<(usize, Arc<Channel>)> = sup
+    let pending: Vec<(usize, u32, Arc<Channel>)> = sup
         .lock()
         .iter()
         .filter(|(_, w)| !w.ready)
-        .map(|(i, w)| (*i, Arc::clone(&w.channel)))
+        .map(|(i, w)| (*i, w.pid, Arc::clone(&w.channel)))
         .collect();
-    for (i, ch) in pending {
-        if let Ok(a) = ch.ask(Ask::Readyz, ASK_WITHIN).await {
+    for (i, pid, ch) in pending {
+        // A worker still importing its app answers nothing yet; the
+        // question is asked again on the next round (late answers are
+        // skipped by their sequence number).
+        if let Ok(a) = ch.ask(Ask::Readyz, READY_WITHIN).await {
             if a.ok {
-                if let Some(w) = sup.lock().get_mut(&i) {
+                if let Some(w) = sup.lock().get_mut(&i).filter(|w| w.pid == pid) {
                     w.ready = true;
-                    tracing::info!("worker {i} (pid {}) is ready", w.pid);
+                    tracing::info!("worker {i} (pid {pid}) is ready");
                 }
             }
         }
@@ -554,10 +605,17 @@ async fn poll_ready(sup: &Supervisor) {
 async fn refresh(sup: Arc<Supervisor>) {
     loop {
         tokio::time::sleep(REFRESH).await;
-        for (i, ch) in sup.channels(true) {
+        let asked: Vec<(usize, u32, Arc<Channel>)> = sup
+            .lock()
+            .iter()
+            .filter(|(_, w)| w.ready)
+            .map(|(i, w)| (*i, w.pid, Arc::clone(&w.channel)))
+            .collect();
+        for (i, pid, ch) in asked {
             if let Ok(a) = ch.ask(Ask::Metrics, ASK_WITHIN).await {
-                if let Some(w) = sup.lock().get_mut(&i) {
-                    w.last = Some(Exposition::parse(&a.text));
+                let e = Exposition::parse(&a.text);
+                if let Some(w) = sup.lock().get_mut(&i).filter(|w| w.pid == pid) {
+                    w.last = Some(e);
                 }
             }
         }
@@ -572,7 +630,11 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
 
 fn kill_all(sup: &Supervisor, sig: libc::c_int) {
     for w in sup.lock().values() {
-        if let Ok(pid) = libc::pid_t::try_from(w.pid) {
+        if let Ok(pid) = libc::pid_t::try_from(w.pid).map(|p| p.max(0)) {
+            // 0 would signal the supervisor's own process group.
+            if pid == 0 {
+                continue;
+            }
             // SAFETY: kill takes two integers and touches no memory of this
             // process. (The pid is a worker not yet seen to exit; in the
             // instant between its reaping and its removal from the map the

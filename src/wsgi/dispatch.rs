@@ -11,13 +11,15 @@
 //!   an awake thread will reach the job by itself;
 //! - an awake thread may be blocked rather than busy (an app waiting on a
 //!   database or `time.sleep`), so a watchdog on the I/O side wakes one
-//!   more thread whenever jobs have been waiting for [`STALL`] with none
-//!   taken. An I/O-bound app thus gets every thread it needs within a few
-//!   milliseconds, and a CPU-bound one keeps running on a single thread
-//!   with the GIL uncontended.
+//!   more thread whenever the oldest queued job has waited [`STALL`]. An
+//!   I/O-bound app thus gets every thread it needs within a few
+//!   milliseconds, and a CPU-bound one whose requests are short keeps
+//!   running on a single thread with the GIL uncontended. The price: while
+//!   every awake thread runs a long request, a new one waits up to about
+//!   [`STALL`] for a thread to be woken.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::Thread;
 use std::time::Duration;
@@ -26,8 +28,7 @@ use pyo3::prelude::*;
 
 use super::pool::Job;
 
-/// How long queued jobs may wait with none taken before another thread is
-/// woken.
+/// How long the oldest queued job may wait before another thread is woken.
 pub const STALL: Duration = Duration::from_millis(1);
 
 /// Rounds of busy-waiting (1, 2, 4, ... spin hints) and then of yielding
@@ -50,8 +51,6 @@ pub enum Refused {
 
 pub struct Dispatch {
     state: Mutex<State>,
-    /// Jobs taken so far: the watchdog's measure of progress.
-    taken: AtomicU64,
     watchdog: AtomicBool,
     max_queue: usize,
 }
@@ -105,7 +104,6 @@ impl Dispatch {
                 awake: threads,
                 ..State::default()
             }),
-            taken: AtomicU64::new(0),
             watchdog: AtomicBool::new(false),
             max_queue,
         }
@@ -164,7 +162,6 @@ impl Dispatch {
                         state.calls -= 1;
                     }
                     drop(state);
-                    self.taken.fetch_add(1, Ordering::Relaxed);
                     return Some(job);
                 }
                 if state.closed {
@@ -212,11 +209,14 @@ impl Dispatch {
         self.lock().calls
     }
 
-    /// Jobs are waiting while some thread sleeps: the state the watchdog
-    /// exists for.
-    fn waiting_with_idle(&self) -> bool {
+    /// How long the oldest job has waited, if jobs wait while some thread
+    /// sleeps (the state the watchdog exists for).
+    fn waiting_with_idle(&self) -> Option<Duration> {
         let state = self.lock();
-        !state.jobs.is_empty() && !state.idle.is_empty()
+        if state.idle.is_empty() {
+            return None;
+        }
+        state.jobs.front().map(|job| job.since().elapsed())
     }
 
     /// Starts the stall watchdog unless it runs already. It lives on the
@@ -249,26 +249,26 @@ impl Dispatch {
     }
 }
 
-/// Wakes another thread whenever jobs wait for [`STALL`] with none taken;
+/// Wakes another thread whenever the oldest job has waited [`STALL`];
 /// ends when nothing waits.
 async fn watchdog(d: Arc<Dispatch>) {
-    let mut seen = d.taken.load(Ordering::Relaxed);
     loop {
         tokio::time::sleep(STALL).await;
-        if !d.waiting_with_idle() {
-            d.watchdog.store(false, Ordering::Release);
-            // A submission between the check and the store saw the flag
-            // still set and did not start a watchdog: look once more.
-            if d.waiting_with_idle() && !d.watchdog.swap(true, Ordering::AcqRel) {
-                continue;
+        match d.waiting_with_idle() {
+            Some(waited) if waited >= STALL => {
+                d.wake_one();
             }
-            return;
+            Some(_) => {}
+            None => {
+                d.watchdog.store(false, Ordering::Release);
+                // A submission between the check and the store saw the
+                // flag still set and did not start a watchdog: look again.
+                if d.waiting_with_idle().is_some() && !d.watchdog.swap(true, Ordering::AcqRel) {
+                    continue;
+                }
+                return;
+            }
         }
-        let now = d.taken.load(Ordering::Relaxed);
-        if now == seen {
-            d.wake_one();
-        }
-        seen = now;
     }
 }
 
@@ -278,7 +278,7 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
 
     fn close_job(py: Python<'_>) -> Job {
-        Job::Close(py.None())
+        Job::Close(py.None(), std::time::Instant::now())
     }
 
     /// Threads that take jobs and count them.

@@ -16,12 +16,22 @@ use super::dispatch::Dispatch;
 pub use super::dispatch::Refused;
 use super::worker;
 
+impl Job {
+    /// When it was queued.
+    pub(super) fn since(&self) -> std::time::Instant {
+        match self {
+            Job::Call(call) => call.queued_at,
+            Job::Close(_, at) => *at,
+        }
+    }
+}
+
 /// What a pool thread can be asked to do.
 pub(super) enum Job {
     Call(Call),
     /// Call `close()` on a response iterable whose body was sent by the
     /// I/O side (a `wsgi.file_wrapper` file), now that it is done.
-    Close(Py<PyAny>),
+    Close(Py<PyAny>, std::time::Instant),
 }
 
 /// Settings the workers need, fixed at start-up.
@@ -171,7 +181,8 @@ impl DeferredClose {
 impl Drop for DeferredClose {
     fn drop(&mut self) {
         if let Some(iterable) = self.iterable.take() {
-            self.dispatch.submit(Job::Close(iterable));
+            self.dispatch
+                .submit(Job::Close(iterable, std::time::Instant::now()));
         }
     }
 }

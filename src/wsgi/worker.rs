@@ -89,7 +89,16 @@ pub(super) fn thread_main(ctx: ThreadContext) {
                         );
                     }
                 }
-                Job::Close(iterable) => worker.close(py, iterable.bind(py), &"(file response)"),
+                Job::Close(iterable, _) => {
+                    let closed = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                        worker.close(py, iterable.bind(py), &"(file response)");
+                    }));
+                    if closed.is_err() {
+                        tracing::error!(
+                            "internal error while closing a file response; see the panic message above"
+                        );
+                    }
+                }
             }
         }
     });
