@@ -68,6 +68,13 @@ pub(super) fn thread_main(ctx: ThreadContext) {
         let _ = ctx.ready.send(Ok(()));
         let me = Parker::current();
         while let Some(job) = ctx.dispatch.take(py, &me) {
+            // Python objects released off the GIL (large response bodies
+            // shared with the I/O thread) wait in pyo3's pending-decref
+            // pool, which is emptied whenever a thread attaches. A busy
+            // thread keeps the GIL from one job to the next and never
+            // re-attaches, so it empties the pool itself: without this a
+            // server that is never idle would keep every such body alive.
+            Python::attach(|_| ());
             match job {
                 Job::Call(call) => {
                     crate::metrics::get()
