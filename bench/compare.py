@@ -97,29 +97,29 @@ def tree(pid):
     return pids
 
 
-def cpu_ticks(pid):
+def over_tree(pid, name, read):
+    """Sum of read(text of /proc/P/name) over the process tree."""
     total = 0
     for p in tree(pid):
         try:
-            with open(f"/proc/{p}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
+            with open(f"/proc/{p}/{name}") as f:
+                total += read(f.read())
         except (OSError, IndexError, ValueError):
             pass
     return total
 
 
+def cpu_ticks(pid):
+    def utime_stime(text):
+        fields = text.rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+    return over_tree(pid, "stat", utime_stime)
+
+
 def peak_rss_kib(pid):
-    total = 0
-    for p in tree(pid):
-        try:
-            with open(f"/proc/{p}/status") as f:
-                for line in f:
-                    if line.startswith("VmHWM:"):
-                        total += int(line.split()[1])
-        except OSError:
-            pass
-    return total
+    def hwm(text):
+        return sum(int(line.split()[1]) for line in text.splitlines() if line.startswith("VmHWM:"))
+    return over_tree(pid, "status", hwm)
 
 
 def wait_ready(port, proc, timeout=30.0):

@@ -29,22 +29,12 @@ fn promtool() -> PathBuf {
 }
 
 fn scrape(s: &common::Server) -> String {
-    let (status, body) = s.admin_get("/metrics");
-    assert_eq!(status, 200, "{body}");
-    body
-}
-
-/// The value of one series, written exactly as the exposition writes it
-/// (labels in alphabetical order).
-fn value(scrape: &str, series: &str) -> Option<f64> {
-    scrape
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|v| v.parse().ok())
+    s.scrape()
 }
 
 fn must(scrape: &str, series: &str) -> f64 {
-    value(scrape, series).unwrap_or_else(|| panic!("no series {series} in\n{scrape}"))
+    common::metric_value(scrape, series)
+        .unwrap_or_else(|| panic!("no series {series} in\n{scrape}"))
 }
 
 /// Family name → type, from the `# TYPE` lines.

@@ -13,17 +13,11 @@ use std::time::{Duration, Instant};
 use common::{read_response, server};
 
 fn scrape(s: &common::Server) -> String {
-    let (status, body) = s.admin_get("/metrics");
-    assert_eq!(status, 200, "{body}");
-    body
+    s.scrape()
 }
 
 fn value(scrape: &str, series: &str) -> f64 {
-    scrape
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {series} in\n{scrape}"))
+    common::metric_value(scrape, series).unwrap_or_else(|| panic!("no {series} in\n{scrape}"))
 }
 
 const OK_GETS: &str = "http_server_request_duration_seconds_count{http_request_method=\"GET\",http_response_status_code=\"200\",network_protocol_version=\"1.1\",url_scheme=\"http\"}";

@@ -403,6 +403,24 @@ impl Drop for Server {
     }
 }
 
+/// The value of one series in a Prometheus scrape, written exactly as the
+/// exposition writes it (labels in alphabetical order).
+pub fn metric_value(scrape: &str, series: &str) -> Option<f64> {
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.parse().ok())
+}
+
+impl Server {
+    /// `/metrics` from the admin listener.
+    pub fn scrape(&self) -> String {
+        let (status, body) = self.admin_get("/metrics");
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+}
+
 /// A value as it ends a text log line or sits inside a JSON one.
 fn until_quote(text: &str) -> String {
     text.trim().split('"').next().unwrap_or("").to_owned()
