@@ -50,7 +50,8 @@ pub struct ResponseBody {
 enum Source {
     Full(VecDeque<Bytes>),
     Stream(StreamSource),
-    File(FileSource),
+    /// Boxed: large, and rare next to the other two.
+    File(Box<FileSource>),
 }
 
 /// Consumer end of an [`Outbuf`]; dropping it tells the app thread to stop,
@@ -149,7 +150,7 @@ impl ResponseBody {
             reading: None,
             _close: close,
         };
-        Self::new(Source::File(source), Some(len), uri)
+        Self::new(Source::File(Box::new(source)), Some(len), uri)
     }
 
     fn poll_source(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, BodyError>>> {

@@ -18,7 +18,9 @@ use crate::wsgi::environ::Peer;
 pub struct Record {
     /// `None` once finished.
     exchange: Option<Exchange>,
-    access: Option<Pending>,
+    /// Boxed: it is large, rare (the access log is off by default), and the
+    /// record travels by value with every response.
+    access: Option<Box<Pending>>,
 }
 
 /// The status recorded for a request whose client went away before its
@@ -46,7 +48,7 @@ impl Record {
                 Peer::Tcp { remote, .. } => Some(remote.ip()),
                 Peer::Unix => None,
             };
-            Pending {
+            Box::new(Pending {
                 log: log.clone(),
                 entry: Entry {
                     time: SystemTime::now(),
@@ -62,7 +64,7 @@ impl Record {
                     referer: parts.headers.get(REFERER).cloned(),
                     user_agent: parts.headers.get(USER_AGENT).cloned(),
                 },
-            }
+            })
         });
         Record {
             exchange: Some(exchange),
@@ -99,7 +101,8 @@ impl Record {
             return;
         };
         let took = exchange.finish(status, sent);
-        if let Some(Pending { log, mut entry }) = self.access.take() {
+        if let Some(pending) = self.access.take() {
+            let Pending { log, mut entry } = *pending;
             entry.status = status.as_u16();
             entry.response_body = sent;
             entry.duration = took;

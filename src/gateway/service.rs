@@ -104,7 +104,18 @@ async fn serve_request(
         outcome.remote_addr.as_deref(),
         outcome.url_scheme.as_deref(),
     );
-    let received = match receive(body, &parts, shared).await {
+    // A body's reading state lives on the heap, so requests without one
+    // (most) carry a smaller future.
+    let received = if body.is_end_stream() {
+        Ok(Received {
+            body: RequestBody::Memory(Bytes::new()),
+            len: 0,
+            framed: has_body(&parts),
+        })
+    } else {
+        Box::pin(receive(body, &parts, shared)).await
+    };
+    let received = match received {
         Ok(received) => received,
         Err(rejection) => return Err(reject(shared, parts.version, rejection)),
     };
@@ -264,14 +275,6 @@ async fn receive(
     shared: &Shared,
 ) -> Result<Received, Rejection> {
     let framed = has_body(parts);
-    if body.is_end_stream() {
-        // No body (a GET), or `Content-Length: 0`: nothing to wait for.
-        return Ok(Received {
-            body: RequestBody::Memory(Bytes::new()),
-            len: 0,
-            framed,
-        });
-    }
     // The first piece is kept as hyper hands it over (no copy); a body in
     // several pieces is gathered in `memory`.
     let mut first: Option<Bytes> = None;
@@ -436,10 +439,10 @@ fn respond(shared: &Shared, req: &Parts, reply: Reply, uri: http::Uri) -> Respon
     let mut response = Response::new(body);
     *response.status_mut() = status;
     *response.version_mut() = req.version;
-    if status.canonical_reason() != Some(app.reason.as_str()) {
+    if let Some(reason) = &app.reason {
         // Latin-1 on the wire, like header values (start_response has
         // checked every char fits in a byte).
-        let latin1: Vec<u8> = app.reason.chars().map(|c| c as u8).collect();
+        let latin1: Vec<u8> = reason.chars().map(|c| c as u8).collect();
         if let Ok(reason) = hyper::ext::ReasonPhrase::try_from(latin1) {
             response.extensions_mut().insert(reason);
         }

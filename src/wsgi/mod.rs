@@ -60,7 +60,8 @@ pub enum Reply {
 
 pub struct AppResponse {
     pub status: u16,
-    pub reason: String,
+    /// A reason phrase other than the code's standard one.
+    pub reason: Option<String>,
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// The app's Content-Length, or the file's length for a file body.
     pub content_length: Option<u64>,

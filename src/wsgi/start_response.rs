@@ -23,7 +23,9 @@ use super::{AppBody, AppResponse, FileBody, Reply};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Status {
     pub code: u16,
-    pub reason: String,
+    /// `None` when it is the code's standard reason phrase (the usual
+    /// case, which then costs no allocation).
+    pub reason: Option<String>,
 }
 
 /// Headers that describe one connection rather than the message; an app
@@ -71,9 +73,14 @@ pub fn parse_status(text: &str) -> Result<Status, String> {
             "status {text:?}: 1xx codes are interim responses and cannot be a WSGI response"
         ));
     }
+    let reason = text.get(4..).unwrap_or("");
+    let standard = http::StatusCode::from_u16(code)
+        .ok()
+        .and_then(|c| c.canonical_reason())
+        == Some(reason);
     Ok(Status {
         code,
-        reason: text.get(4..).unwrap_or("").to_owned(),
+        reason: (!standard).then(|| reason.to_owned()),
     })
 }
 
@@ -93,9 +100,13 @@ pub fn parse_header(name: &str, value: &str) -> Result<(HeaderName, HeaderValue)
              or a character outside latin-1: {value:?}"
         ));
     }
-    let latin1: Vec<u8> = value.chars().map(|c| c as u8).collect();
-    let header_value = HeaderValue::from_bytes(&latin1)
-        .map_err(|_| format!("value of header {name:?} is not valid: {value:?}"))?;
+    let header_value = if value.is_ascii() {
+        HeaderValue::from_str(value)
+    } else {
+        let latin1: Vec<u8> = value.chars().map(|c| c as u8).collect();
+        HeaderValue::from_bytes(&latin1)
+    }
+    .map_err(|_| format!("value of header {name:?} is not valid: {value:?}"))?;
     Ok((header_name, header_value))
 }
 
@@ -450,13 +461,18 @@ mod tests {
             parse_status("200 OK"),
             Ok(Status {
                 code: 200,
-                reason: "OK".into()
+                reason: None
             })
         );
         assert_eq!(parse_status("299").map(|s| s.code), Ok(299));
         assert_eq!(
             parse_status("404 Not Found Here").map(|s| s.reason),
-            Ok("Not Found Here".into())
+            Ok(Some("Not Found Here".into()))
+        );
+        assert_eq!(
+            parse_status("200 ").map(|s| s.reason),
+            Ok(Some(String::new())),
+            "an empty reason is the app's choice"
         );
         assert!(parse_status("200 OK\r\nX: y").is_err());
         assert!(parse_status("20 OK").is_err());

@@ -28,6 +28,28 @@ use crate::interpreter::format_exception;
 /// built per request so odd clients cannot grow the cache without bound.
 const HEADER_KEY_CACHE: usize = 256;
 
+/// Environ entries a request's dict has room for without growing: the
+/// template's, the CGI variables and a typical browser's headers. The
+/// template is created this large because copying a dict copies its table
+/// size; growing it per request showed as 2% of the instructions.
+const ENVIRON_ROOM: isize = 40;
+
+unsafe extern "C" {
+    /// CPython's `_PyDict_NewPresized` (Include/cpython/dictobject.h,
+    /// exported by every libpython 3.x maitred supports).
+    fn _PyDict_NewPresized(minused: pyo3::ffi::Py_ssize_t) -> *mut pyo3::ffi::PyObject;
+}
+
+/// An empty dict with room for `room` entries.
+fn presized_dict(py: Python<'_>, room: isize) -> PyResult<Bound<'_, PyDict>> {
+    // SAFETY: the GIL is held (`py`), and `_PyDict_NewPresized` takes a
+    // plain integer and returns either a new reference to a dict or NULL
+    // with an exception set, which `from_owned_ptr_or_err` turns into a
+    // `PyErr` (taking ownership of the reference otherwise).
+    let dict = unsafe { Bound::from_owned_ptr_or_err(py, _PyDict_NewPresized(room))? };
+    Ok(dict.cast_into::<PyDict>()?)
+}
+
 const GENERIC_500: &str = "The server encountered an unexpected internal server error";
 
 pub(super) struct ThreadContext {
@@ -132,7 +154,7 @@ struct Worker {
 impl Worker {
     fn new(py: Python<'_>, ctx: &ThreadContext) -> PyResult<Self> {
         let config = &ctx.config;
-        let template = PyDict::new(py);
+        let template = presized_dict(py, ENVIRON_ROOM)?;
         template.set_item("wsgi.version", PyTuple::new(py, [1, 0])?)?;
         template.set_item("wsgi.url_scheme", &config.url_scheme)?;
         template.set_item("wsgi.errors", Bound::new(py, ErrorStream::new())?)?;
