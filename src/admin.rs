@@ -29,7 +29,7 @@ use tokio::sync::Semaphore;
 
 use crate::gateway::service::Shared;
 use crate::workers::Supervisor;
-use crate::workers::control::Answer;
+use crate::workers::control::{Answer, Ask};
 use crate::wsgi::Liveness;
 
 /// How long `/livez` waits for the GIL before calling the process stuck.
@@ -46,6 +46,18 @@ pub enum Backend {
 }
 
 impl Backend {
+    /// A question from the control channel (see [`crate::workers::control`]).
+    pub async fn answer(&self, ask: Ask) -> Answer {
+        match ask {
+            Ask::Metrics => Answer {
+                ok: true,
+                text: self.metrics().await,
+            },
+            Ask::Livez => self.livez().await,
+            Ask::Readyz => self.readyz().await,
+        }
+    }
+
     async fn livez(&self) -> Answer {
         match self {
             Backend::Local(shared) => livez(shared).await,
@@ -70,7 +82,7 @@ impl Backend {
 
 /// This process's liveness: its Python threads run and the GIL can be
 /// taken.
-pub async fn livez(shared: &Shared) -> Answer {
+async fn livez(shared: &Shared) -> Answer {
     match shared.pool.liveness(GIL_WITHIN).await {
         Liveness::Alive => Answer {
             ok: true,
@@ -83,7 +95,7 @@ pub async fn livez(shared: &Shared) -> Answer {
     }
 }
 
-pub fn readyz(shared: &Shared) -> Answer {
+fn readyz(shared: &Shared) -> Answer {
     if shared.health.ready.load(Ordering::Acquire) {
         Answer {
             ok: true,
@@ -98,7 +110,7 @@ pub fn readyz(shared: &Shared) -> Answer {
 }
 
 /// This process's exposition.
-pub fn metrics(shared: &Shared) -> String {
+fn metrics(shared: &Shared) -> String {
     let m = crate::metrics::get();
     // Gauges that mirror counters kept elsewhere are read at scrape
     // time, so the request path does not update them twice.

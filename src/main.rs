@@ -136,22 +136,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// A worker's answer to its supervisor.
-async fn answer(
-    shared: Arc<gateway::service::Shared>,
-    ask: workers::control::Ask,
-) -> workers::control::Answer {
-    use workers::control::{Answer, Ask};
-    match ask {
-        Ask::Metrics => Answer {
-            ok: true,
-            text: admin::metrics(&shared),
-        },
-        Ask::Livez => admin::livez(&shared).await,
-        Ask::Readyz => admin::readyz(&shared),
-    }
-}
-
 enum Failure {
     Config(String),
     Other(String),
@@ -391,9 +375,12 @@ fn run(
             }
             if let Some(control) = control {
                 let control = tokio::net::UnixStream::from_std(control)?;
-                tokio::spawn(workers::control::serve(control, {
-                    let shared = Arc::clone(&shared);
-                    move |ask| answer(Arc::clone(&shared), ask)
+                // A worker answers its supervisor as the admin listener
+                // of a single process would answer a client.
+                let local = admin::Backend::Local(Arc::clone(&shared));
+                tokio::spawn(workers::control::serve(control, move |ask| {
+                    let local = local.clone();
+                    async move { local.answer(ask).await }
                 }));
             }
             server::serve(listeners, shared, builder, plan).await
