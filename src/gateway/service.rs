@@ -88,7 +88,8 @@ async fn serve_request(
     record: &mut Record,
 ) -> Result<Response<ResponseBody>, Response<ResponseBody>> {
     let shared = &**shared;
-    let declared = body.size_hint().exact().filter(|_| has_body(&parts));
+    let framed = has_body(&parts);
+    let declared = body.size_hint().exact().filter(|_| framed);
     if let Err(rejection) =
         policy::check_head(&parts.method, &parts.headers, declared, shared.max_body)
     {
@@ -110,10 +111,10 @@ async fn serve_request(
         Ok(Received {
             body: RequestBody::Memory(Bytes::new()),
             len: 0,
-            framed: has_body(&parts),
+            framed,
         })
     } else {
-        Box::pin(receive(body, &parts, shared)).await
+        Box::pin(receive(body, framed, shared)).await
     };
     let received = match received {
         Ok(received) => received,
@@ -163,7 +164,9 @@ async fn serve_request(
     }
     let reply = match shared.request_timeout {
         None => rx.await,
-        Some(limit) => match tokio::time::timeout(limit, rx).await {
+        // Boxed: the timer is only there when request_timeout is set, and
+        // inline it would enlarge every request's future.
+        Some(limit) => match Box::pin(tokio::time::timeout(limit, rx)).await {
             Ok(reply) => reply,
             Err(_) => {
                 // Dropping `rx` tells the worker: a request still queued is
@@ -269,12 +272,7 @@ struct Received {
 /// Reads the whole body, in memory up to `inbuf_overflow` and in an
 /// anonymous temporary file beyond, enforcing `max_request_body_size` as
 /// bytes arrive (so a chunked upload cannot grow past it).
-async fn receive(
-    mut body: Incoming,
-    parts: &Parts,
-    shared: &Shared,
-) -> Result<Received, Rejection> {
-    let framed = has_body(parts);
+async fn receive(mut body: Incoming, framed: bool, shared: &Shared) -> Result<Received, Rejection> {
     // The first piece is kept as hyper hands it over (no copy); a body in
     // several pieces is gathered in `memory`.
     let mut first: Option<Bytes> = None;

@@ -410,8 +410,8 @@ fn push_u64(out: &mut String, mut n: u64) {
             break;
         }
     }
-    // Digits are ASCII.
-    out.push_str(std::str::from_utf8(&buf[i..]).unwrap_or(""));
+    out.reserve(buf.len() - i);
+    out.extend(buf[i..].iter().map(|&d| char::from(d)));
 }
 
 /// An address as `REMOTE_ADDR` shows it: IPv4-mapped IPv6 as IPv4.
