@@ -133,6 +133,50 @@ pub(super) fn thread_main(ctx: ThreadContext) {
     });
 }
 
+/// A value seen last time and its Python string: a request that repeats it
+/// (the same method, protocol, client address, Host, User-Agent) shares
+/// the immutable string instead of building a new one.
+#[derive(Default)]
+struct Recent(Option<(Box<str>, Py<PyString>)>);
+
+impl Recent {
+    fn get<'py>(&mut self, py: Python<'py>, value: &str) -> Bound<'py, PyString> {
+        if let Some((text, string)) = &self.0 {
+            if **text == *value {
+                return string.bind(py).clone();
+            }
+        }
+        let string = PyString::new(py, value);
+        // Long values (a cookie, a token) are rarely repeated and would
+        // cost a copy each time; only short ones are remembered.
+        if value.len() <= RECENT_MAX {
+            self.0 = Some((value.into(), string.clone().unbind()));
+        }
+        string
+    }
+}
+
+/// Longest value [`Recent`] remembers.
+const RECENT_MAX: usize = 256;
+
+/// CGI variables whose value usually repeats from one request to the next.
+fn repeats(var: Var) -> bool {
+    matches!(
+        var,
+        Var::RequestMethod
+            | Var::ServerProtocol
+            | Var::RemoteAddr
+            | Var::RemoteHost
+            | Var::ServerPort
+            | Var::QueryString
+            | Var::ContentType
+            | Var::UrlScheme
+            | Var::ServerName
+            | Var::ScriptName
+            | Var::PeerAddr
+    )
+}
+
 enum Outcome {
     Sent,
     /// `close()` will run when the I/O side is done (file responses).
@@ -146,7 +190,10 @@ struct Worker {
     dispatch: Arc<Dispatch>,
     template: Py<PyDict>,
     keys: Vec<Py<PyString>>,
-    header_keys: HashMap<String, Py<PyString>>,
+    /// Interned `HTTP_*` keys, with the last value seen under each.
+    header_keys: HashMap<String, (Py<PyString>, Recent)>,
+    /// The last value of each CGI variable worth remembering.
+    recent: Vec<Recent>,
     bytes_io: Py<PyAny>,
     io_open: Py<PyAny>,
 }
@@ -178,6 +225,7 @@ impl Worker {
             template: template.unbind(),
             keys,
             header_keys: HashMap::new(),
+            recent: Var::ALL.iter().map(|_| Recent::default()).collect(),
             bytes_io: io.getattr("BytesIO")?.unbind(),
             io_open: io.getattr("open")?.unbind(),
         })
@@ -247,28 +295,42 @@ impl Worker {
         for entry in cgi.iter() {
             match entry {
                 Entry::Var(var, value) => {
-                    environ.set_item(self.keys[var as usize].bind(py), value)?;
+                    let key = self.keys[var as usize].bind(py);
+                    if repeats(var) {
+                        environ.set_item(key, self.recent[var as usize].get(py, value))?;
+                    } else {
+                        environ.set_item(key, value)?;
+                    }
                 }
-                Entry::Header(key, value) => {
-                    let key = self.header_key(py, key);
-                    environ.set_item(key, value)?;
-                }
+                Entry::Header(key, value) => self.header(py, &environ, key, value)?,
             }
         }
         environ.set_item(pyo3::intern!(py, "wsgi.input"), input)?;
         Ok(environ)
     }
 
-    fn header_key<'py>(&mut self, py: Python<'py>, key: &str) -> Bound<'py, PyString> {
-        if let Some(k) = self.header_keys.get(key) {
-            return k.bind(py).clone();
+    /// Sets an `HTTP_*` entry, reusing the interned key and, when the
+    /// value is the one this header had last time (the same Host, the same
+    /// browser's Accept), the string object too.
+    fn header(
+        &mut self,
+        py: Python<'_>,
+        environ: &Bound<'_, PyDict>,
+        key: &str,
+        value: &str,
+    ) -> PyResult<()> {
+        if let Some((k, recent)) = self.header_keys.get_mut(key) {
+            return environ.set_item(k.bind(py), recent.get(py, value));
         }
         let interned = PyString::intern(py, key);
         if self.header_keys.len() < HEADER_KEY_CACHE {
+            let mut recent = Recent::default();
+            let v = recent.get(py, value);
             self.header_keys
-                .insert(key.to_owned(), interned.clone().unbind());
+                .insert(key.to_owned(), (interned.clone().unbind(), recent));
+            return environ.set_item(interned, v);
         }
-        interned
+        environ.set_item(interned, value)
     }
 
     /// `wsgi.input`: a `BytesIO` over an in-memory body, or the spooled
