@@ -518,3 +518,30 @@ fn count_exception(py: Python<'_>, err: &PyErr) {
         Err(_) => crate::metrics::get().app_exception("_OTHER"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_repeated_value_shares_its_string_and_a_new_one_does_not() {
+        Python::initialize();
+        Python::attach(|py| {
+            let mut recent = Recent::default();
+            let a = recent.get(py, "127.0.0.1");
+            let b = recent.get(py, "127.0.0.1");
+            assert!(a.is(&b), "the same value is the same object");
+            let c = recent.get(py, "10.0.0.7");
+            assert_eq!(c.to_str().expect("str"), "10.0.0.7");
+            assert!(!c.is(&a));
+            assert_eq!(
+                recent.get(py, "127.0.0.1").to_str().expect("str"),
+                "127.0.0.1"
+            );
+            let long = "x".repeat(RECENT_MAX + 1);
+            let d = recent.get(py, &long);
+            assert_eq!(d.to_str().expect("str"), long);
+            assert!(!recent.get(py, &long).is(&d), "long values are not kept");
+        });
+    }
+}
