@@ -144,6 +144,17 @@ impl CgiVars {
         self.entries.push((Key::Var(var), span));
     }
 
+    /// `var` with the value `of` already has (which must have been set).
+    fn alias(&mut self, var: Var, of: Var) {
+        let span = self.entries.iter().rev().find_map(|(k, v)| match k {
+            Key::Var(x) if *x == of => Some(*v),
+            _ => None,
+        });
+        if let Some(span) = span {
+            self.entries.push((Key::Var(var), span));
+        }
+    }
+
     /// A header entry; `name` is the wire name (`user-agent`).
     fn header(&mut self, name: &str, write: impl FnOnce(&mut String)) {
         let key = self.write(|t| push_header_key(t, name));
@@ -255,12 +266,12 @@ pub fn cgi_vars(head: &Head<'_>, peer: &Peer, cfg: &EnvironConfig, outcome: &Out
         env.var_with(Var::PeerAddr, push_addr);
         env.var_with(Var::PeerPort, push_port);
     }
-    for var in [Var::RemoteHost, Var::RemoteAddr] {
-        match &outcome.remote_addr {
-            Some(addr) => env.var(var, addr),
-            None => env.var_with(var, push_addr),
-        }
+    match &outcome.remote_addr {
+        Some(addr) => env.var(Var::RemoteAddr, addr),
+        None => env.var_with(Var::RemoteAddr, push_addr),
     }
+    // Waitress sets REMOTE_HOST to the address too (no reverse lookup).
+    env.alias(Var::RemoteHost, Var::RemoteAddr);
     match &outcome.remote_port {
         Some(port) => env.var(Var::RemotePort, port),
         None => env.var_with(Var::RemotePort, push_port),
