@@ -12,7 +12,10 @@ Besides requests per second and latency, it records each server's CPU time
 per request (user + system time of its process tree over the measured run,
 divided by the requests served): on a busy machine that moves less than
 throughput does. Peak RSS is the high-water mark (VmHWM) of the process
-tree.
+tree. wrk's own CPU time per request and the machine's idle share during
+the run are recorded too: when idle is near zero the two CPUs are
+saturated, and throughput is set by the server's and wrk's CPU time per
+request together.
 
     bench/run.sh                                  # everything, ~10 minutes
     bench/run.sh --scenarios hello --rounds 2     # a quick look
@@ -22,6 +25,7 @@ Only 127.0.0.1 is ever loaded; every run is bounded by --duration.
 """
 import argparse
 import os
+import resource
 import re
 import signal
 import socket
@@ -122,6 +126,18 @@ def peak_rss_kib(pid):
     return over_tree(pid, "status", hwm)
 
 
+def idle_jiffies():
+    """(idle + iowait, total) jiffies of the whole machine, from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    return fields[3] + fields[4], sum(fields)
+
+
+def children_cpu_s():
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def wait_ready(port, proc, timeout=30.0):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -168,13 +184,17 @@ def run_one(server, scenario, args):
             wrk = ["wrk", "-t1", f"-c{args.connections}", *SCENARIOS[scenario]]
             subprocess.run([*wrk, "-d2s", url], capture_output=True, timeout=30)  # warm-up
             before = cpu_ticks(proc.pid)
+            wrk_before, (idle0, total0) = children_cpu_s(), idle_jiffies()
             out = subprocess.run([*wrk, f"-d{args.duration}s", "--latency", url],
                                  capture_output=True, text=True, timeout=args.duration + 30).stdout
             ticks = cpu_ticks(proc.pid) - before
+            wrk_s, (idle1, total1) = children_cpu_s() - wrk_before, idle_jiffies()
             requests, rps, p50, p99, errors = parse_wrk(out)
             hz = os.sysconf("SC_CLK_TCK")
-            cpu_us = ticks / hz * 1e6 / requests if requests else float("nan")
-            return rps, p50, p99, errors, peak_rss_kib(proc.pid), cpu_us
+            per_request = (lambda x: x * 1e6 / requests) if requests else (lambda x: float("nan"))
+            idle = 100.0 * (idle1 - idle0) / max(total1 - total0, 1)
+            return (rps, p50, p99, errors, peak_rss_kib(proc.pid), per_request(ticks / hz),
+                    per_request(wrk_s), idle)
         finally:
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -205,19 +225,20 @@ def median(rows, i):
 
 def table(samples, scenarios, servers, base="maitred"):
     header = ("scenario", "server", "req/s", "p50 ms", "p99 ms", "errors", "peak RSS MiB", "CPU us/req",
-              f"{base} / this")
+              "wrk CPU us/req", "idle %", f"{base} / this")
     rows = []
     for scenario in scenarios:
         ref = median(samples.get((scenario, base), []), 0)
         for server in servers:
             s = samples.get((scenario, server), [])
             if not s:
-                rows.append((scenario, server, "-", "-", "-", "-", "-", "-", "-"))
+                rows.append((scenario, server, *["-"] * (len(header) - 2)))
                 continue
             rps = median(s, 0)
             rows.append((scenario, server, f"{rps:.0f}", f"{median(s, 1):.2f}", f"{median(s, 2):.2f}",
                          str(sum(r[3] for r in s)), f"{max(r[4] for r in s) / 1024:.1f}",
-                         f"{median(s, 5):.1f}", f"{ref / rps:.2f}" if rps else "-"))
+                         f"{median(s, 5):.1f}", f"{median(s, 6):.1f}", f"{median(s, 7):.0f}",
+                         f"{ref / rps:.2f}" if rps else "-"))
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     lines = ["| " + " | ".join(str(v).ljust(w) for v, w in zip(row, widths)) + " |" for row in (header, *rows)]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
