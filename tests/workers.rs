@@ -12,10 +12,6 @@ use std::time::{Duration, Instant};
 
 use common::{read_response, server};
 
-fn scrape(s: &common::Server) -> String {
-    s.scrape()
-}
-
 fn value(scrape: &str, series: &str) -> f64 {
     common::metric_value(scrape, series).unwrap_or_else(|| panic!("no {series} in\n{scrape}"))
 }
@@ -60,7 +56,7 @@ fn workers_share_the_listeners_and_scrape_as_one() {
         assert_eq!(s.get("/environ").status, 200);
     }
     std::thread::sleep(Duration::from_millis(100));
-    let m = scrape(&s);
+    let m = s.scrape();
     let gets = value(&m, OK_GETS);
     assert!(gets >= 12.0, "{gets}");
     assert_eq!(value(&m, "maitred_workers"), 2.0);
@@ -94,7 +90,7 @@ fn a_worker_that_dies_is_replaced_and_counters_never_go_backwards() {
     }
     // Let the supervisor's periodic read (every 5 s) see the counts.
     std::thread::sleep(Duration::from_millis(5500));
-    let before = value(&scrape(&s), OK_GETS);
+    let before = value(&s.scrape(), OK_GETS);
     assert!(before >= 20.0, "{before}");
     // A worker dies mid-request, as on a segfault: the client sees the
     // connection close, the supervisor restarts the worker.
@@ -121,7 +117,7 @@ fn a_worker_that_dies_is_replaced_and_counters_never_go_backwards() {
         assert!(Instant::now() < deadline, "no replacement:\n{}", s.log());
         std::thread::sleep(Duration::from_millis(50));
     }
-    let m = scrape(&s);
+    let m = s.scrape();
     assert!(value(&m, OK_GETS) >= before, "a counter went backwards");
     assert_eq!(value(&m, "maitred_worker_restarts_total"), 1.0);
     assert_eq!(value(&m, "maitred_workers"), 2.0);
@@ -130,7 +126,7 @@ fn a_worker_that_dies_is_replaced_and_counters_never_go_backwards() {
         assert_eq!(s.get("/environ").status, 200);
     }
     std::thread::sleep(Duration::from_millis(100));
-    assert!(value(&scrape(&s), OK_GETS) >= before + 10.0);
+    assert!(value(&s.scrape(), OK_GETS) >= before + 10.0);
 }
 
 #[test]

@@ -326,6 +326,38 @@ mod tests {
         (handles, done)
     }
 
+    fn shut_down(d: &Dispatch, handles: Vec<std::thread::JoinHandle<()>>) {
+        d.close();
+        for h in handles {
+            h.join().expect("worker");
+        }
+    }
+
+    /// Runs `jobs` jobs blocking `per_job` each on `threads` threads that
+    /// have gone to sleep first, on a runtime so that the watchdog runs;
+    /// how long they took.
+    async fn time_jobs(
+        d: &Arc<Dispatch>,
+        threads: usize,
+        jobs: usize,
+        per_job: Duration,
+    ) -> Duration {
+        let (handles, done) = workers(d, threads, per_job);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let started = std::time::Instant::now();
+        Python::attach(|py| {
+            for _ in 0..jobs {
+                d.submit(close_job(py));
+            }
+        });
+        while done.load(Ordering::SeqCst) < jobs {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let took = started.elapsed();
+        shut_down(d, handles);
+        took
+    }
+
     fn wait_for(done: &AtomicUsize, n: usize) {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while done.load(Ordering::SeqCst) < n {
@@ -373,10 +405,7 @@ mod tests {
             }
         });
         wait_for(&done, 100);
-        d.close();
-        for h in handles {
-            h.join().expect("worker");
-        }
+        shut_down(&d, handles);
     }
 
     #[tokio::test(flavor = "current_thread")]
@@ -386,26 +415,11 @@ mod tests {
         // 400 jobs of 0.4 ms each: one thread keeps jobs moving (no 1 ms
         // without progress) but needs 160 ms; once jobs wait OVERDUE,
         // more threads share the work.
-        let (handles, done) = workers(&d, 4, Duration::from_micros(400));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let started = std::time::Instant::now();
-        Python::attach(|py| {
-            for _ in 0..400 {
-                d.submit(close_job(py));
-            }
-        });
-        while done.load(Ordering::SeqCst) < 400 {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        let took = started.elapsed();
+        let took = time_jobs(&d, 4, 400, Duration::from_micros(400)).await;
         assert!(
             took < Duration::from_millis(140),
             "{took:?}: the jobs ran on one thread"
         );
-        d.close();
-        for h in handles {
-            h.join().expect("worker");
-        }
     }
 
     #[tokio::test(flavor = "current_thread")]
@@ -414,25 +428,10 @@ mod tests {
         let d = Arc::new(Dispatch::new(1000, 4));
         // Each job blocks its thread for 50 ms; 8 jobs on one thread would
         // take 400 ms, on four about 100 ms.
-        let (handles, done) = workers(&d, 4, Duration::from_millis(50));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let started = std::time::Instant::now();
-        Python::attach(|py| {
-            for _ in 0..8 {
-                d.submit(close_job(py));
-            }
-        });
-        while done.load(Ordering::SeqCst) < 8 {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        let took = started.elapsed();
+        let took = time_jobs(&d, 4, 8, Duration::from_millis(50)).await;
         assert!(
             took < Duration::from_millis(300),
             "{took:?}: the watchdog did not add threads"
         );
-        d.close();
-        for h in handles {
-            h.join().expect("worker");
-        }
     }
 }
