@@ -114,8 +114,10 @@ fn metrics(shared: &Shared) -> String {
     let m = crate::metrics::get();
     // Gauges that mirror counters kept elsewhere are read at scrape
     // time, so the request path does not update them twice.
-    m.queue_depth.set(gauge(shared.pool.queued()));
-    m.python_threads_busy.set(gauge(shared.pool.busy()));
+    m.queue_depth
+        .set(crate::metrics::as_gauge(shared.pool.queued()));
+    m.python_threads_busy
+        .set(crate::metrics::as_gauge(shared.pool.busy()));
     m.render()
 }
 
@@ -179,10 +181,6 @@ async fn route(req: &Request<Incoming>, backend: &Backend) -> Response<Full<Byte
             "not found: /livez, /healthz, /readyz, /metrics\n",
         ),
     }
-}
-
-fn gauge(n: usize) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {

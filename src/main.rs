@@ -45,7 +45,13 @@ fn main() -> ExitCode {
     // Before anything else: systemd's sockets must be claimed while the
     // process has one thread and no other descriptors.
     let activated = server::listen::take_activated_sockets();
-    let inherited = workers::take_inherited();
+    let inherited = match workers::take_inherited() {
+        Ok(inherited) => inherited,
+        Err(e) => {
+            eprintln!("maitred: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
     let invocation = match cli::parse(std::env::args_os()) {
         Ok(inv) => inv,
         Err(e) => {

@@ -505,7 +505,8 @@ impl Metrics {
     }
 }
 
-fn as_gauge(n: usize) -> i64 {
+/// A count as a gauge's value (a count beyond `i64` saturates).
+pub fn as_gauge(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 

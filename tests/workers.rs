@@ -144,6 +144,46 @@ fn an_app_that_does_not_import_stops_startup_with_its_traceback() {
 }
 
 #[test]
+fn a_failed_startup_removes_the_supervisors_socket_file() {
+    let dir = common::scratch_dir("workers-sock");
+    let sock = dir.path().join("app.sock");
+    let out = server()
+        .no_listen()
+        .args([
+            "--workers=2".to_owned(),
+            format!("--unix-socket={}", sock.display()),
+            "no_such_module_here:app".to_owned(),
+        ])
+        .run();
+    assert_eq!(out.code(), Some(1), "{}", out.stderr);
+    assert!(!sock.exists(), "the socket file was left behind");
+}
+
+#[test]
+fn a_broken_worker_hand_over_stops_instead_of_starting_a_second_supervisor() {
+    let out = server()
+        .env("_MAITRED_WORKER", "0")
+        .args(["--workers=2", "behaviours:app"])
+        .run();
+    assert_eq!(out.code(), Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("_MAITRED_LISTENERS is missing"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("workers = N"),
+        "says what to do: {}",
+        out.stderr
+    );
+    assert!(
+        !out.stderr.contains("supervising"),
+        "it went on as a supervisor: {}",
+        out.stderr
+    );
+}
+
+#[test]
 fn sigterm_drains_every_worker() {
     let mut s = server()
         .args([

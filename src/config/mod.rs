@@ -374,7 +374,7 @@ impl Settings {
         if limits.max_request_header_size.0 > MAX_HEADER_SIZE {
             problems.push(Problem::new(
                 "limits.max_request_header_size",
-                "must be at most 64MiB",
+                format!("must be at most {}", values::ByteSize(MAX_HEADER_SIZE)),
             ));
         }
         if limits.max_request_headers == 0 || limits.max_request_headers > 10_000 {

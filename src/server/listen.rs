@@ -28,6 +28,39 @@ pub enum Bound {
     ProxyProtocol(std::net::TcpListener, SocketAddr, Arc<TrustList>),
 }
 
+/// The socket files maitred created for its listeners (not systemd's),
+/// removed when this is dropped, or earlier with [`SocketFiles::remove`]
+/// once the listeners are closed.
+pub struct SocketFiles(Vec<PathBuf>);
+
+impl SocketFiles {
+    pub fn of(listeners: &[Bound]) -> SocketFiles {
+        SocketFiles(
+            listeners
+                .iter()
+                .filter_map(|b| match b {
+                    Bound::Unix {
+                        path, owned: true, ..
+                    } => Some(path.clone()),
+                    _ => None,
+                })
+                .collect(),
+        )
+    }
+
+    pub fn remove(&mut self) {
+        for path in self.0.drain(..) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+impl Drop for SocketFiles {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
 impl Bound {
     /// `http://127.0.0.1:8080` or `http://unix:/run/app.sock`: the form
     /// Waitress prints in its "Serving on" line, which tools scrape.
@@ -76,7 +109,7 @@ impl Bound {
 /// A listener handed down by the supervisor (see [`Bound::kind`]). A Unix
 /// socket's file belongs to the supervisor, which removes it.
 pub fn inherit(fd: OwnedFd, kind: &str, settings: &Settings) -> Result<Bound, BindError> {
-    match adopt(fd)? {
+    match adopt(fd, "a socket from the supervisor")? {
         Bound::Tcp(listener, addr) if kind == "proxy" => {
             let trusted = TrustList::parse(&settings.proxy_protocol.trusted)
                 .map_err(|e| bind_error("proxy_protocol.trusted", e))?;
@@ -158,7 +191,7 @@ pub fn bind(settings: &Settings, activated: Vec<OwnedFd>) -> Result<Vec<Bound>, 
         settings.listen_specs()
     } else {
         for fd in activated {
-            bound.push(adopt(fd)?);
+            bound.push(adopt(fd, "a socket from systemd")?);
         }
         Vec::new()
     };
@@ -212,9 +245,11 @@ pub fn bind(settings: &Settings, activated: Vec<OwnedFd>) -> Result<Vec<Bound>, 
 }
 
 /// A socket from systemd as a listener of the kind it is.
-fn adopt(fd: OwnedFd) -> Result<Bound, BindError> {
+/// A listening socket this process was given; `from` says by whom, for
+/// the error message.
+fn adopt(fd: OwnedFd, from: &str) -> Result<Bound, BindError> {
     let socket = Socket::from(fd);
-    let what = || "a socket from systemd".to_owned();
+    let what = || from.to_owned();
     socket
         .set_nonblocking(true)
         .map_err(|e| bind_error(what(), e))?;

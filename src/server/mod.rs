@@ -29,6 +29,7 @@ use crate::connection::{Registry, Timeouts};
 use crate::gateway::service::Shared;
 use accept::{AcceptContext, Listener, accept_loop};
 pub use listen::Bound;
+use listen::SocketFiles;
 
 /// hyper's per-connection settings, derived once.
 pub fn http1_builder(settings: &Settings) -> http1::Builder {
@@ -112,20 +113,11 @@ pub async fn serve(
         timeouts: plan.timeouts,
         stop: stop_rx,
     };
-    let mut socket_files = Vec::new();
+    let mut socket_files = SocketFiles::of(&listeners);
     for bound in listeners {
         let listener = match bound {
             Bound::Tcp(l, _) => Listener::Tcp(TcpListener::from_std(l)?),
-            Bound::Unix {
-                listener,
-                path,
-                owned,
-            } => {
-                if owned {
-                    socket_files.push(path);
-                }
-                Listener::Unix(UnixListener::from_std(listener)?)
-            }
+            Bound::Unix { listener, .. } => Listener::Unix(UnixListener::from_std(listener)?),
             Bound::ProxyProtocol(l, _, trusted) => {
                 Listener::ProxyProtocol(TcpListener::from_std(l)?, trusted)
             }
@@ -157,9 +149,7 @@ pub async fn serve(
     };
 
     let _ = stop_tx.send(true);
-    for path in &socket_files {
-        let _ = std::fs::remove_file(path);
-    }
+    socket_files.remove();
     if let Some(again) = interrupted {
         return Ok(cut(&registry, &format!("{again} received again")));
     }

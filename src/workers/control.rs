@@ -101,15 +101,16 @@ impl Channel {
         }
     }
 
-    /// Asks and waits up to `within` for the answer. A channel that timed
-    /// out mid-answer is out of step; the caller then treats the worker as
+    /// Asks and waits up to `within` for the answer, waiting for another
+    /// question on the same channel included. A channel that timed out
+    /// mid-answer is out of step; the caller then treats the worker as
     /// unresponsive, which it is.
     pub async fn ask(&self, ask: Ask, within: Duration) -> std::io::Result<Answer> {
-        let mut inner = self.inner.lock().await;
-        let seq = inner.next;
-        inner.next += 1;
-        let stream = &mut inner.stream;
         let exchange = async {
+            let mut inner = self.inner.lock().await;
+            let seq = inner.next;
+            inner.next += 1;
+            let stream = &mut inner.stream;
             stream
                 .get_mut()
                 .write_all(format!("{seq} {}\n", ask.word()).as_bytes())

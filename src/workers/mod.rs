@@ -32,7 +32,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
 use crate::config::Settings;
-use crate::server::listen::{self, Bound};
+use crate::server::listen::{self, Bound, SocketFiles};
 use control::{Answer, Ask, Channel};
 use merge::Exposition;
 
@@ -66,15 +66,14 @@ pub struct Inherited {
 
 /// Takes the descriptors a supervisor passed, if this process is a
 /// worker. Like systemd's sockets, this must run first thing in `main`,
-/// before any other thread exists or any descriptor is opened.
-pub fn take_inherited() -> Option<Inherited> {
-    let index = std::env::var(WORKER_ENV).ok()?.parse().ok()?;
-    let kinds: Vec<String> = std::env::var(LISTENERS_ENV)
-        .ok()?
-        .split(',')
-        .filter(|k| !k.is_empty())
-        .map(str::to_owned)
-        .collect();
+/// before any other thread exists or any descriptor is opened. A hand-over
+/// that is present but broken is an error: carrying on would make this
+/// process a second supervisor, binding the same addresses again.
+pub fn take_inherited() -> Result<Option<Inherited>, String> {
+    let Some(index) = std::env::var_os(WORKER_ENV) else {
+        return Ok(None);
+    };
+    let kinds = std::env::var_os(LISTENERS_ENV);
     // SAFETY: called at the start of `main` (the caller's contract), while
     // the process has a single thread, so nothing reads the environment
     // concurrently. Removed so the app's own subprocesses do not inherit
@@ -83,9 +82,30 @@ pub fn take_inherited() -> Option<Inherited> {
         std::env::remove_var(WORKER_ENV);
         std::env::remove_var(LISTENERS_ENV);
     }
+    let broken = |why: String| {
+        format!(
+            "{WORKER_ENV} is set, so this process expects to be a worker started by a \
+             maitred supervisor, but {why}. Do not set {WORKER_ENV} or {LISTENERS_ENV} \
+             yourself: run maitred with `workers = N` instead."
+        )
+    };
+    let index: usize = index
+        .to_str()
+        .and_then(|i| i.parse().ok())
+        .ok_or_else(|| broken(format!("its value {index:?} is not a worker number")))?;
+    let kinds: Vec<String> = kinds
+        .and_then(|k| k.into_string().ok())
+        .ok_or_else(|| broken(format!("{LISTENERS_ENV} is missing")))?
+        .split(',')
+        .filter(|k| !k.is_empty())
+        .map(str::to_owned)
+        .collect();
     let mut fds = Vec::new();
     for i in 0..=kinds.len() {
-        let fd = FIRST_FD + RawFd::try_from(i).ok()?;
+        let fd = RawFd::try_from(i)
+            .ok()
+            .and_then(|i| FIRST_FD.checked_add(i))
+            .ok_or_else(|| broken(format!("{} listeners is too many", kinds.len())))?;
         // SAFETY: the supervisor placed an open descriptor at each of
         // these numbers before exec (`spawn` below); nothing in this
         // process has claimed them yet, as this runs before any other
@@ -93,17 +113,23 @@ pub fn take_inherited() -> Option<Inherited> {
         // from leaking into the app's subprocesses.
         unsafe {
             if libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) == -1 {
-                return None;
+                let cause = std::io::Error::last_os_error();
+                return Err(broken(format!(
+                    "descriptor {fd} was not handed over ({cause})"
+                )));
             }
             fds.push(OwnedFd::from_raw_fd(fd));
         }
     }
-    let control = fds.pop()?;
-    Some(Inherited {
+    // The loop pushed one more descriptor than there are listeners.
+    let control = fds
+        .pop()
+        .ok_or_else(|| broken("no control socket was handed over".into()))?;
+    Ok(Some(Inherited {
         index,
         listeners: fds.into_iter().zip(kinds).collect(),
         control,
-    })
+    }))
 }
 
 impl Inherited {
@@ -149,26 +175,37 @@ impl Supervisor {
         self.workers.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn channels(&self, ready_only: bool) -> Vec<(usize, Arc<Channel>)> {
+    /// The workers `which` picks, as (index, pid, channel): taken under the
+    /// lock, asked without it.
+    fn snapshot(&self, which: impl Fn(&Worker) -> bool) -> Vec<Asked> {
         self.lock()
             .iter()
-            .filter(|(_, w)| w.ready || !ready_only)
-            .map(|(i, w)| (*i, Arc::clone(&w.channel)))
+            .filter(|(_, w)| which(w))
+            .map(|(i, w)| (*i, w.pid, Arc::clone(&w.channel)))
             .collect()
+    }
+
+    /// Changes worker `index` if it is still the process `pid` (an answer
+    /// from a worker that has since been replaced must not touch its
+    /// replacement).
+    fn update(&self, index: usize, pid: u32, change: impl FnOnce(&mut Worker)) {
+        if let Some(w) = self.lock().get_mut(&index).filter(|w| w.pid == pid) {
+            change(w);
+        }
     }
 
     /// Live when every ready worker is (a worker being restarted is the
     /// supervisor's business, not a reason to restart the pod).
     pub async fn livez(&self) -> Answer {
-        let channels = self.channels(true);
-        if channels.is_empty() {
+        let asked = self.snapshot(|w| w.ready);
+        if asked.is_empty() {
             return Answer {
                 ok: false,
                 text: "stuck: no worker is running\n".into(),
             };
         }
-        for (i, ch) in channels {
-            match ch.ask(Ask::Livez, ASK_WITHIN).await {
+        for (i, _, answer) in ask_all(asked, Ask::Livez, ASK_WITHIN).await {
+            match answer {
                 Ok(a) if a.ok => {}
                 Ok(a) => {
                     return Answer {
@@ -218,14 +255,10 @@ impl Supervisor {
         // workers by pid: a worker that exits (and is retired) while the
         // others are asked must count once, through `retired`, and an
         // answer from it must not be credited to its replacement.
-        let asked: Vec<(usize, u32, Arc<Channel>)> = self
-            .lock()
-            .iter()
-            .map(|(i, w)| (*i, w.pid, Arc::clone(&w.channel)))
-            .collect();
+        let asked = self.snapshot(|_| true);
         let mut fresh: HashMap<u32, Exposition> = HashMap::new();
-        for (i, pid, ch) in asked {
-            match ch.ask(Ask::Metrics, ASK_WITHIN).await {
+        for (i, pid, answer) in ask_all(asked, Ask::Metrics, ASK_WITHIN).await {
+            match answer {
                 Ok(a) => {
                     fresh.insert(pid, Exposition::parse(&a.text));
                 }
@@ -234,8 +267,7 @@ impl Supervisor {
         }
         let m = crate::metrics::get();
         let mut workers = self.lock();
-        m.workers
-            .set(i64::try_from(workers.len()).unwrap_or(i64::MAX));
+        m.workers.set(crate::metrics::as_gauge(workers.len()));
         let mut total = Exposition::parse(&m.render());
         total.absorb(&self.retired.lock().unwrap_or_else(PoisonError::into_inner));
         for w in workers.values_mut() {
@@ -305,12 +337,15 @@ async fn run(
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     let mut quit = signal(SignalKind::quit()).map_err(|e| e.to_string())?;
     let (exits_tx, mut exits) = mpsc::unbounded_channel::<Exit>();
+    // Removed however `run` returns, start-up failures included.
+    let mut socket_files = SocketFiles::of(&listeners);
 
     // Start-up: every worker must come up, or none stays.
     for index in 0..count {
         spawn(&sup, index, &listeners, &exits_tx)?;
     }
-    let deadline = Instant::now() + Duration::from_secs(120);
+    // Like a single process, start-up has no time limit: an app may take
+    // long to import, and an orchestrator's start-up probe bounds it.
     // A stop signal during start-up goes straight to the drain below.
     let stopped_early: Option<libc::c_int> = loop {
         tokio::select! {
@@ -334,10 +369,6 @@ async fn run(
                 poll_ready(&sup).await;
                 if sup.lock().values().all(|w| w.ready) {
                     break None;
-                }
-                if Instant::now() > deadline {
-                    kill_all(&sup, libc::SIGKILL);
-                    return Err("the workers did not become ready within 120s".into());
                 }
             }
         }
@@ -446,7 +477,7 @@ async fn run(
             }
             () = &mut shutdown_delay, if listeners.is_some() => {
                 drop(listeners.take());
-                remove_socket_files(settings);
+                socket_files.remove();
             }
             () = &mut give_up => {
                 tracing::warn!("the workers did not finish within shutdown_delay + graceful_timeout; killing them");
@@ -461,7 +492,6 @@ async fn run(
             }
         }
     }
-    remove_socket_files(settings);
     tracing::info!("every worker has exited");
     Ok(u8::from(failed))
 }
@@ -579,23 +609,16 @@ fn place_fds(fds: &[RawFd], supervisor: libc::pid_t) -> std::io::Result<()> {
 
 /// Asks workers not yet ready whether they are now.
 async fn poll_ready(sup: &Supervisor) {
-    let pending: Vec<(usize, u32, Arc<Channel>)> = sup
-        .lock()
-        .iter()
-        .filter(|(_, w)| !w.ready)
-        .map(|(i, w)| (*i, w.pid, Arc::clone(&w.channel)))
-        .collect();
-    for (i, pid, ch) in pending {
-        // A worker still importing its app answers nothing yet; the
-        // question is asked again on the next round (late answers are
-        // skipped by their sequence number).
-        if let Ok(a) = ch.ask(Ask::Readyz, READY_WITHIN).await {
-            if a.ok {
-                if let Some(w) = sup.lock().get_mut(&i).filter(|w| w.pid == pid) {
-                    w.ready = true;
-                    tracing::info!("worker {i} (pid {pid}) is ready");
-                }
-            }
+    let pending = sup.snapshot(|w| !w.ready);
+    // A worker still importing its app answers nothing yet; the question
+    // is asked again on the next round (late answers are skipped by their
+    // sequence number).
+    for (i, pid, answer) in ask_all(pending, Ask::Readyz, READY_WITHIN).await {
+        if answer.is_ok_and(|a| a.ok) {
+            sup.update(i, pid, |w| {
+                w.ready = true;
+                tracing::info!("worker {i} (pid {pid}) is ready");
+            });
         }
     }
 }
@@ -605,21 +628,43 @@ async fn poll_ready(sup: &Supervisor) {
 async fn refresh(sup: Arc<Supervisor>) {
     loop {
         tokio::time::sleep(REFRESH).await;
-        let asked: Vec<(usize, u32, Arc<Channel>)> = sup
-            .lock()
-            .iter()
-            .filter(|(_, w)| w.ready)
-            .map(|(i, w)| (*i, w.pid, Arc::clone(&w.channel)))
-            .collect();
-        for (i, pid, ch) in asked {
-            if let Ok(a) = ch.ask(Ask::Metrics, ASK_WITHIN).await {
+        let asked = sup.snapshot(|w| w.ready);
+        for (i, pid, answer) in ask_all(asked, Ask::Metrics, ASK_WITHIN).await {
+            if let Ok(a) = answer {
                 let e = Exposition::parse(&a.text);
-                if let Some(w) = sup.lock().get_mut(&i).filter(|w| w.pid == pid) {
-                    w.last = Some(e);
-                }
+                sup.update(i, pid, |w| w.last = Some(e));
             }
         }
     }
+}
+
+/// A worker to ask: (index, pid, channel).
+type Asked = (usize, u32, Arc<Channel>);
+
+/// Asks every worker in `asked` at once, so that answering takes as long
+/// as the slowest worker rather than the sum of them; the answers in the
+/// order given.
+async fn ask_all(
+    asked: Vec<Asked>,
+    ask: Ask,
+    within: Duration,
+) -> Vec<(usize, u32, std::io::Result<Answer>)> {
+    let mut set = tokio::task::JoinSet::new();
+    for (n, (i, pid, ch)) in asked.into_iter().enumerate() {
+        set.spawn(async move { (n, i, pid, ch.ask(ask, within).await) });
+    }
+    let mut answers = Vec::with_capacity(set.len());
+    while let Some(joined) = set.join_next().await {
+        // `ask` does not panic; a task that did is a worker without answer.
+        if let Ok(answer) = joined {
+            answers.push(answer);
+        }
+    }
+    answers.sort_by_key(|(n, ..)| *n);
+    answers
+        .into_iter()
+        .map(|(_, i, pid, answer)| (i, pid, answer))
+        .collect()
 }
 
 async fn sleep_until(at: Option<tokio::time::Instant>) {
@@ -630,11 +675,12 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
 
 fn kill_all(sup: &Supervisor, sig: libc::c_int) {
     for w in sup.lock().values() {
-        if let Ok(pid) = libc::pid_t::try_from(w.pid).map(|p| p.max(0)) {
-            // 0 would signal the supervisor's own process group.
-            if pid == 0 {
-                continue;
-            }
+        // 0 (a pid the spawn could not learn) would signal the
+        // supervisor's own process group.
+        if w.pid == 0 {
+            continue;
+        }
+        if let Ok(pid) = libc::pid_t::try_from(w.pid) {
             // SAFETY: kill takes two integers and touches no memory of this
             // process. (The pid is a worker not yet seen to exit; in the
             // instant between its reaping and its removal from the map the
@@ -643,12 +689,6 @@ fn kill_all(sup: &Supervisor, sig: libc::c_int) {
                 libc::kill(pid, sig);
             }
         }
-    }
-}
-
-fn remove_socket_files(settings: &Settings) {
-    if let Some(path) = &settings.unix_socket {
-        let _ = std::fs::remove_file(path);
     }
 }
 
