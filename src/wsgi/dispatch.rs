@@ -23,7 +23,7 @@
 //!   up to about [`STALL`] for a thread to be woken.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::Thread;
 use std::time::Duration;
@@ -60,8 +60,6 @@ pub enum Refused {
 
 pub struct Dispatch {
     state: Mutex<State>,
-    /// Jobs taken so far: the watchdog's measure of progress.
-    taken: AtomicU64,
     watchdog: AtomicBool,
     max_queue: usize,
 }
@@ -77,6 +75,8 @@ struct State {
     idle: Vec<Arc<Parker>>,
     /// Threads awake (running a job or about to look for one).
     awake: usize,
+    /// Jobs taken so far: the watchdog's measure of progress.
+    taken: u64,
     closed: bool,
 }
 
@@ -115,7 +115,6 @@ impl Dispatch {
                 awake: threads,
                 ..State::default()
             }),
-            taken: AtomicU64::new(0),
             watchdog: AtomicBool::new(false),
             max_queue,
         }
@@ -148,7 +147,7 @@ impl Dispatch {
         }
         state.jobs.push_back(job);
         let wake = if state.awake == 0 {
-            state.idle.pop().inspect(|_| state.awake += 1)
+            pop_idle(&mut state)
         } else {
             None
         };
@@ -173,8 +172,7 @@ impl Dispatch {
                     if matches!(job, Job::Call(_)) {
                         state.calls -= 1;
                     }
-                    drop(state);
-                    self.taken.fetch_add(1, Ordering::Relaxed);
+                    state.taken += 1;
                     return Some(job);
                 }
                 if state.closed {
@@ -204,32 +202,32 @@ impl Dispatch {
         }
     }
 
-    /// Wakes one sleeping thread, if any; true if one was woken.
-    fn wake_one(&self) -> bool {
-        let parker = {
-            let mut state = self.lock();
-            let parker = state.idle.pop();
-            if parker.is_some() {
-                state.awake += 1;
-            }
-            parker
-        };
-        parker.map(|p| p.notify()).is_some()
-    }
-
     /// Requests waiting for a thread.
     pub fn queued(&self) -> usize {
         self.lock().calls
     }
 
-    /// How long the oldest job has waited, if jobs wait while some thread
-    /// sleeps (the state the watchdog exists for).
-    fn waiting_with_idle(&self) -> Option<Duration> {
-        let state = self.lock();
+    /// The watchdog's look at the queue: wakes another thread when queued
+    /// jobs have seen no job taken since `seen` (and waited [`STALL`]), or
+    /// the oldest has waited [`OVERDUE`]. False when no job waits while a
+    /// thread sleeps, the state the watchdog exists for.
+    fn watch(&self, seen: &mut u64) -> bool {
+        let mut state = self.lock();
+        let stalled = state.taken == *seen;
+        *seen = state.taken;
         if state.idle.is_empty() {
-            return None;
+            return false;
         }
-        state.jobs.front().map(|job| job.since().elapsed())
+        let Some(waited) = state.jobs.front().map(|job| job.since().elapsed()) else {
+            return false;
+        };
+        if (stalled && waited >= STALL) || waited >= OVERDUE {
+            if let Some(parker) = pop_idle(&mut state) {
+                drop(state);
+                parker.notify();
+            }
+        }
+        true
     }
 
     /// Starts the stall watchdog unless it runs already. It lives on the
@@ -248,14 +246,21 @@ impl Dispatch {
         }
     }
 
-    /// Refuses further jobs and wakes every thread so it can exit.
-    #[cfg(test)]
+    /// Refuses further jobs, drops those still queued (their clients get
+    /// an error at once instead of waiting for a thread that will not
+    /// come) and wakes every thread so it can exit. Called when the last
+    /// Python thread has left its loop.
     pub fn close(&self) {
-        let idle = {
+        let (idle, jobs) = {
             let mut state = self.lock();
             state.closed = true;
-            std::mem::take(&mut state.idle)
+            state.calls = 0;
+            (
+                std::mem::take(&mut state.idle),
+                std::mem::take(&mut state.jobs),
+            )
         };
+        drop(jobs);
         for p in idle {
             p.notify();
         }
@@ -265,28 +270,27 @@ impl Dispatch {
 /// Wakes another thread whenever queued jobs make no progress for
 /// [`STALL`] or the oldest has waited [`OVERDUE`]; ends when nothing waits.
 async fn watchdog(d: Arc<Dispatch>) {
-    let mut seen = d.taken.load(Ordering::Relaxed);
+    let mut seen = d.lock().taken;
     loop {
         tokio::time::sleep(STALL).await;
-        let taken = d.taken.load(Ordering::Relaxed);
-        let stalled = taken == seen;
-        seen = taken;
-        match d.waiting_with_idle() {
-            Some(waited) if (stalled && waited >= STALL) || waited >= OVERDUE => {
-                d.wake_one();
-            }
-            Some(_) => {}
-            None => {
-                d.watchdog.store(false, Ordering::Release);
-                // A submission between the check and the store saw the
-                // flag still set and did not start a watchdog: look again.
-                if d.waiting_with_idle().is_some() && !d.watchdog.swap(true, Ordering::AcqRel) {
-                    continue;
-                }
-                return;
-            }
+        if d.watch(&mut seen) {
+            continue;
         }
+        d.watchdog.store(false, Ordering::Release);
+        // A submission between the check and the store saw the flag still
+        // set and did not start a watchdog: look again.
+        if d.watch(&mut seen) && !d.watchdog.swap(true, Ordering::AcqRel) {
+            continue;
+        }
+        return;
     }
+}
+
+/// A sleeping thread to wake, most recently active first, counted awake.
+fn pop_idle(state: &mut State) -> Option<Arc<Parker>> {
+    let parker = state.idle.pop()?;
+    state.awake += 1;
+    Some(parker)
 }
 
 #[cfg(test)]
@@ -324,6 +328,18 @@ mod tests {
             })
             .collect();
         (handles, done)
+    }
+
+    /// A request with nothing in it, answered through `reply`.
+    fn call_job(reply: tokio::sync::oneshot::Sender<crate::wsgi::Reply>) -> Job {
+        Job::Call(crate::wsgi::Call {
+            cgi: Default::default(),
+            body: crate::wsgi::RequestBody::Memory(Default::default()),
+            reply,
+            head: false,
+            uri: http::Uri::default(),
+            queued_at: std::time::Instant::now(),
+        })
     }
 
     fn shut_down(d: &Dispatch, handles: Vec<std::thread::JoinHandle<()>>) {
@@ -373,14 +389,7 @@ mod tests {
         Python::attach(|py| {
             let call = || {
                 let (tx, _rx) = tokio::sync::oneshot::channel();
-                Job::Call(crate::wsgi::Call {
-                    cgi: Default::default(),
-                    body: crate::wsgi::RequestBody::Memory(Default::default()),
-                    reply: tx,
-                    head: false,
-                    uri: http::Uri::default(),
-                    queued_at: std::time::Instant::now(),
-                })
+                call_job(tx)
             };
             assert!(d.submit_call(call()).is_ok());
             assert!(d.submit_call(call()).is_ok());
@@ -390,6 +399,24 @@ mod tests {
         });
         d.close();
         Python::attach(|py| assert_eq!(d.submit_call(close_job(py)), Err(Refused::Stopped)));
+    }
+
+    #[test]
+    fn closing_answers_the_queued_calls_at_once() {
+        Python::initialize();
+        let d = Arc::new(Dispatch::new(10, 0));
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
+        let call = call_job(tx);
+        assert!(d.submit_call(call).is_ok());
+        d.close();
+        assert_eq!(d.queued(), 0);
+        assert!(
+            matches!(
+                rx.try_recv(),
+                Err(tokio::sync::oneshot::error::TryRecvError::Closed)
+            ),
+            "the queued call still waits"
+        );
     }
 
     #[test]

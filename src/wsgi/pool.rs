@@ -1,8 +1,9 @@
 //! The pool of Python threads and the queue that feeds it.
 //!
-//! Each thread holds the GIL only while it runs a request: it waits for the
-//! next job with the GIL released, so idle threads cost nothing and busy
-//! ones hand the GIL over at the interpreter's usual switch points.
+//! A thread keeps the GIL from one job to the next while there is work and
+//! releases it when it goes to sleep, so idle threads cost nothing; how
+//! jobs reach threads, and when a sleeping one is woken, is
+//! [`super::dispatch`]'s business.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -114,9 +115,6 @@ impl Pool {
     /// Queues a request, unless `max_queue` requests are already waiting.
     /// A refused call (and its reply channel) is dropped.
     pub fn submit(&self, call: Call) -> Result<(), Refused> {
-        if self.alive.load(Ordering::Acquire) == 0 {
-            return Err(Refused::Stopped);
-        }
         self.dispatch.submit_call(Job::Call(call))
     }
 

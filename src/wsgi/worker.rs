@@ -64,12 +64,14 @@ pub(super) struct ThreadContext {
 }
 
 /// Counts a thread as alive for as long as it is in its loop, however it
-/// leaves it.
-struct AliveGuard(Arc<AtomicUsize>);
+/// leaves it; the last to leave closes the queue.
+struct AliveGuard(Arc<AtomicUsize>, Arc<Dispatch>);
 
 impl Drop for AliveGuard {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        if self.0.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.1.close();
+        }
     }
 }
 
@@ -86,7 +88,7 @@ pub(super) fn thread_main(ctx: ThreadContext) {
             }
         };
         ctx.alive.fetch_add(1, Ordering::AcqRel);
-        let _alive = AliveGuard(Arc::clone(&ctx.alive));
+        let _alive = AliveGuard(Arc::clone(&ctx.alive), Arc::clone(&ctx.dispatch));
         let _ = ctx.ready.send(Ok(()));
         let me = Parker::current();
         while let Some(job) = ctx.dispatch.take(py, &me) {
