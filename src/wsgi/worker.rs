@@ -138,21 +138,24 @@ pub(super) fn thread_main(ctx: ThreadContext) {
 /// A value seen last time and its Python string: a request that repeats it
 /// (the same method, protocol, client address, Host, User-Agent) shares
 /// the immutable string instead of building a new one.
+/// The string is compared through its own UTF-8 text, which CPython
+/// keeps in place for ASCII, so remembering costs no copy.
 #[derive(Default)]
-struct Recent(Option<(Box<str>, Py<PyString>)>);
+struct Recent(Option<Py<PyString>>);
 
 impl Recent {
     fn get<'py>(&mut self, py: Python<'py>, value: &str) -> Bound<'py, PyString> {
-        if let Some((text, string)) = &self.0 {
-            if **text == *value {
-                return string.bind(py).clone();
+        if let Some(string) = &self.0 {
+            let string = string.bind(py);
+            if string.to_str().is_ok_and(|text| text == value) {
+                return string.clone();
             }
         }
         let string = PyString::new(py, value);
-        // Long values (a cookie, a token) are rarely repeated and would
-        // cost a copy each time; only short ones are remembered.
+        // Long values (a cookie, a token) are rarely repeated; keeping
+        // them would hold up to a header's size per header per thread.
         if value.len() <= RECENT_MAX {
-            self.0 = Some((value.into(), string.clone().unbind()));
+            self.0 = Some(string.clone().unbind());
         }
         string
     }
@@ -161,22 +164,25 @@ impl Recent {
 /// Longest value [`Recent`] remembers.
 const RECENT_MAX: usize = 256;
 
-/// CGI variables whose value usually repeats from one request to the next.
-fn repeats(var: Var) -> bool {
-    matches!(
-        var,
+/// Which [`Recent`] remembers `var`, for CGI variables whose value
+/// usually repeats from one request to the next. REMOTE_HOST carries
+/// REMOTE_ADDR's text (set just before it), so it shares that one and with
+/// it the string.
+fn remembered_as(var: Var) -> Option<Var> {
+    match var {
+        Var::RemoteHost => Some(Var::RemoteAddr),
         Var::RequestMethod
-            | Var::ServerProtocol
-            | Var::RemoteAddr
-            | Var::RemoteHost
-            | Var::ServerPort
-            | Var::QueryString
-            | Var::ContentType
-            | Var::UrlScheme
-            | Var::ServerName
-            | Var::ScriptName
-            | Var::PeerAddr
-    )
+        | Var::ServerProtocol
+        | Var::RemoteAddr
+        | Var::ServerPort
+        | Var::QueryString
+        | Var::ContentType
+        | Var::UrlScheme
+        | Var::ServerName
+        | Var::ScriptName
+        | Var::PeerAddr => Some(var),
+        _ => None,
+    }
 }
 
 enum Outcome {
@@ -298,10 +304,11 @@ impl Worker {
             match entry {
                 Entry::Var(var, value) => {
                     let key = self.keys[var as usize].bind(py);
-                    if repeats(var) {
-                        environ.set_item(key, self.recent[var as usize].get(py, value))?;
-                    } else {
-                        environ.set_item(key, value)?;
+                    match remembered_as(var) {
+                        Some(slot) => {
+                            environ.set_item(key, self.recent[slot as usize].get(py, value))?
+                        }
+                        None => environ.set_item(key, value)?,
                     }
                 }
                 Entry::Header(key, value) => self.header(py, &environ, key, value)?,
