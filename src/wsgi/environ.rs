@@ -162,22 +162,15 @@ impl CgiVars {
         self.entries.push((Key::Header(key), value));
     }
 
-    /// Appends `sep` and more text to the value of the entry just added,
-    /// if it is the header `name`; false otherwise.
-    fn extend_last_header(&mut self, name: &str, sep: &str, bytes: &[u8]) -> bool {
-        let Some(&(Key::Header(key), (start, end))) = self.entries.last() else {
-            return false;
-        };
-        if end as usize != self.text.len() || !same_header_key(self.span(key), name) {
-            return false;
-        }
+    /// Appends `sep` and more text to the value of the entry just added
+    /// (whose value ends the text, as the last one written).
+    fn extend_last(&mut self, sep: &str, bytes: &[u8]) {
         self.text.push_str(sep);
         push_latin1(&mut self.text, bytes);
         let end = u32::try_from(self.text.len()).unwrap_or(u32::MAX);
-        if let Some(last) = self.entries.last_mut() {
-            *last = (Key::Header(key), (start, end));
+        if let Some((_, (_, last_end))) = self.entries.last_mut() {
+            *last_end = end;
         }
-        true
     }
 
     #[cfg(test)]
@@ -299,6 +292,11 @@ pub fn cgi_vars(head: &Head<'_>, peer: &Peer, cfg: &EnvironConfig, outcome: &Out
         env.var_with(Var::ContentLength, |t| push_u64(t, len));
     }
     let mut rewritten = crate::proxy::HeaderSet::NONE;
+    // The header whose entry was added last through the joining path
+    // below: HeaderMap yields a header's lines one after another, and all
+    // lines of a name take the same path, so a line of the same name
+    // continues that entry.
+    let mut joining: Option<&str> = None;
     for (name, value) in head.headers {
         let name = name.as_str();
         match name {
@@ -332,13 +330,15 @@ pub fn cgi_vars(head: &Head<'_>, peer: &Peer, cfg: &EnvironConfig, outcome: &Out
                 continue;
             }
         }
-        // A header's lines come one after another (HeaderMap keeps them
-        // together) and are joined into one value. Cookie pairs are
+        // A header's lines are joined into one value. Cookie pairs are
         // separated by "; " (RFC 6265 §5.4); ", " would merge two cookies
         // into one.
-        let sep = if name == "cookie" { "; " } else { ", " };
-        if !env.extend_last_header(name, sep, value.as_bytes()) {
+        if joining == Some(name) {
+            let sep = if name == "cookie" { "; " } else { ", " };
+            env.extend_last(sep, value.as_bytes());
+        } else {
             env.header(name, |t| push_latin1(t, value.as_bytes()));
+            joining = Some(name);
         }
     }
     if let Some(host) = &outcome.http_host {
@@ -362,20 +362,6 @@ fn push_header_key(out: &mut String, name: &str) {
         '-' => '_',
         c => c.to_ascii_uppercase(),
     }));
-}
-
-/// Whether `key` is the `HTTP_*` key of the wire name `name`.
-fn same_header_key(key: &str, name: &str) -> bool {
-    key.strip_prefix("HTTP_").is_some_and(|rest| {
-        rest.len() == name.len()
-            && rest.bytes().zip(name.bytes()).all(|(k, n)| {
-                k == if n == b'-' {
-                    b'_'
-                } else {
-                    n.to_ascii_uppercase()
-                }
-            })
-    })
 }
 
 /// PEP 3333 "native strings" carry bytes as latin-1: each byte one char.
@@ -410,19 +396,8 @@ fn push_request_uri(out: &mut String, uri: &Uri) {
 }
 
 /// Decimal digits without `core::fmt` (this runs for every request).
-fn push_u64(out: &mut String, mut n: u64) {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.reserve(buf.len() - i);
-    out.extend(buf[i..].iter().map(|&d| char::from(d)));
+fn push_u64(out: &mut String, n: u64) {
+    out.push_str(itoa::Buffer::new().format(n));
 }
 
 /// An address as `REMOTE_ADDR` shows it: IPv4-mapped IPv6 as IPv4.
