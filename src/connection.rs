@@ -47,7 +47,7 @@ pub const EVICTION_TICK: std::time::Duration = std::time::Duration::from_millis(
 
 /// A mark in the idle order: connections idle since before it have been
 /// idle at least since the mark was taken.
-pub fn idle_mark() -> u64 {
+fn idle_mark() -> u64 {
     IDLE_ORDER.load(Ordering::Relaxed)
 }
 
@@ -134,10 +134,18 @@ impl Drop for RequestGuard {
 pub struct Registry {
     conns: Mutex<HashMap<u64, Arc<ConnState>>>,
     next_id: AtomicU64,
-    /// [`idle_mark`] at the last two [`Registry::tick`]s: a connection
-    /// idle since before `older` has been idle for at least one tick.
-    older: AtomicU64,
-    newer: AtomicU64,
+    marks: Mutex<Marks>,
+}
+
+/// [`idle_mark`] at the last two times an eviction moved them on, at least
+/// [`EVICTION_TICK`] apart: a connection idle since before `older` has been
+/// idle for at least one tick. They move only when an eviction is tried,
+/// so a server below its connection limit does no work for them.
+#[derive(Debug, Default)]
+struct Marks {
+    older: u64,
+    newer: u64,
+    moved: Option<Instant>,
 }
 
 /// Removes a connection from the registry when its task ends.
@@ -178,7 +186,7 @@ impl Registry {
     /// closing it would race with its next request. Returns false when no
     /// connection qualifies (the new one then waits in the kernel backlog,
     /// as in Waitress).
-    pub fn close_idlest(&self, mark: u64) -> bool {
+    fn close_idlest(&self, mark: u64) -> bool {
         let conns = self.lock();
         let idlest = conns
             .values()
@@ -195,17 +203,24 @@ impl Registry {
         }
     }
 
-    /// Advances the eviction marks; called every [`EVICTION_TICK`].
-    pub fn tick(&self) {
-        self.older
-            .store(self.newer.load(Ordering::Relaxed), Ordering::Relaxed);
-        self.newer.store(idle_mark(), Ordering::Relaxed);
-    }
-
     /// Closes the longest-idle connection that has been idle for at least
-    /// one [`EVICTION_TICK`] (see [`Registry::close_idlest`]).
+    /// one [`EVICTION_TICK`] (see [`Registry::close_idlest`]). A caller
+    /// that finds none tries again a tick later.
     pub fn evict(&self) -> bool {
-        self.close_idlest(self.older.load(Ordering::Relaxed))
+        let older = {
+            let mut marks = self.marks.lock().unwrap_or_else(PoisonError::into_inner);
+            let now = Instant::now();
+            if marks
+                .moved
+                .is_none_or(|at| now.duration_since(at) >= EVICTION_TICK)
+            {
+                marks.older = marks.newer;
+                marks.newer = idle_mark();
+                marks.moved = Some(now);
+            }
+            marks.older
+        };
+        self.close_idlest(older)
     }
 
     /// Asks every connection to close (drain).
@@ -245,11 +260,10 @@ pub struct Watched<S> {
     io: S,
     timeouts: Timeouts,
     state: Arc<ConnState>,
-    /// Latest known progress: when and at which count of `progress`.
+    /// When the latest progress was dated.
     last_activity: Instant,
-    dated: u64,
-    /// Successful reads and writes so far.
-    progress: u64,
+    /// A read or write succeeded since `last_activity` was last set.
+    undated: bool,
     head: Head,
     timer: Pin<Box<Sleep>>,
     /// A timeout has been reported (and counted) already.
@@ -276,8 +290,7 @@ impl<S> Watched<S> {
             timeouts,
             state,
             last_activity: now,
-            dated: 0,
-            progress: 0,
+            undated: false,
             head: Head::Idle,
             timer: Box::pin(tokio::time::sleep_until(now + timeouts.channel)),
             timed_out: false,
@@ -311,7 +324,7 @@ impl<S> Watched<S> {
     }
 
     fn note_read(&mut self) {
-        self.progress += 1;
+        self.undated = true;
         self.forget_parsed_head();
         if self.state.is_busy() {
             return;
@@ -344,8 +357,8 @@ impl<S> Watched<S> {
 
     /// Gives undated progress and an undated head start the time `now`.
     fn date(&mut self, now: Instant) {
-        if self.progress != self.dated {
-            self.dated = self.progress;
+        if self.undated {
+            self.undated = false;
             self.last_activity = now;
         }
         if let Head::Started(n) = self.head {
@@ -426,7 +439,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         match Pin::new(&mut self.io).poll_write(cx, data) {
             Poll::Ready(result) => {
                 if matches!(result, Ok(n) if n > 0) {
-                    self.progress += 1;
+                    self.undated = true;
                 }
                 Poll::Ready(result)
             }
@@ -443,7 +456,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         match Pin::new(&mut self.io).poll_write_vectored(cx, bufs) {
             Poll::Ready(result) => {
                 if matches!(result, Ok(n) if n > 0) {
-                    self.progress += 1;
+                    self.undated = true;
                 }
                 Poll::Ready(result)
             }

@@ -144,10 +144,6 @@ pub async fn accept_loop(listener: Listener, ctx: AcceptContext) {
     }
 }
 
-/// How often a connection waiting at the limit looks again for an idle
-/// connection to close (one that was busy may have finished its request).
-const EVICTION_RETRY: Duration = Duration::from_millis(50);
-
 /// Waits for a connection slot at the limit, closing the idlest idle
 /// connection to make one. `None` when the listeners are closing.
 async fn wait_for_slot(
@@ -162,7 +158,9 @@ async fn wait_for_slot(
         tokio::select! {
             p = Arc::clone(&ctx.limit).acquire_owned() => return p.ok(),
             _ = stop.changed() => return None,
-            _ = tokio::time::sleep(EVICTION_RETRY) => {}
+            // One that was busy may have finished its request, and the
+            // eviction marks move on once a tick.
+            _ = tokio::time::sleep(crate::connection::EVICTION_TICK) => {}
         }
     }
 }

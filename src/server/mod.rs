@@ -125,16 +125,6 @@ pub async fn serve(
         tokio::spawn(accept_loop(listener, ctx.clone()));
     }
     shared.health.ready.store(true, Ordering::Release);
-    tokio::spawn({
-        let registry = Arc::clone(&registry);
-        async move {
-            let mut tick = tokio::time::interval(crate::connection::EVICTION_TICK);
-            loop {
-                tick.tick().await;
-                registry.tick();
-            }
-        }
-    });
 
     let first = signals.next(&registry).await;
     shared.health.ready.store(false, Ordering::Release);
