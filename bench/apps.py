@@ -11,6 +11,7 @@ import time
 
 HELLO = b"Hello, World!"
 BIG = b"x" * 65536
+SLEEP_SECONDS = 0.005  # the sleep app's wait; compare.py derives the pool's limit from it
 
 
 def _plain(start_response, body, content_type="text/plain"):
@@ -31,7 +32,7 @@ def echo(environ, start_response):
 
 
 def sleep(environ, start_response):
-    time.sleep(0.005)
+    time.sleep(SLEEP_SECONDS)
     return _plain(start_response, HELLO)
 
 

@@ -35,6 +35,8 @@ import sys
 import time
 import urllib.request
 
+import apps  # bench/apps.py, next to this script
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 VENV = os.path.abspath(os.environ.get("BENCH_VENV", os.path.join(ROOT, "target", "bench-venv")))
@@ -49,7 +51,7 @@ SCENARIOS = {
     "stream": [],
     "cpu": [],
 }
-SLEEP_SECONDS = 0.005
+SLEEP_SECONDS = apps.SLEEP_SECONDS
 
 
 def free_port():
@@ -157,7 +159,10 @@ UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 def parse_wrk(text):
     m = re.search(r"(\d+) requests in", text)
     requests = int(m.group(1)) if m else 0
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+    m = re.search(r"Requests/sec:\s+([\d.]+)", text)
+    if not m:
+        return None
+    rps = float(m.group(1))
     lat = {p: float(v) * UNITS[u] for p, v, u in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)}
     errors = 0
     m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
@@ -182,14 +187,24 @@ def run_one(server, scenario, args):
                 return None
             url = f"http://127.0.0.1:{port}/"
             wrk = ["wrk", "-t1", f"-c{args.connections}", *SCENARIOS[scenario]]
-            subprocess.run([*wrk, "-d2s", url], capture_output=True, timeout=30)  # warm-up
-            before = cpu_ticks(proc.pid)
-            wrk_before, (idle0, total0) = children_cpu_s(), idle_jiffies()
-            out = subprocess.run([*wrk, f"-d{args.duration}s", "--latency", url],
-                                 capture_output=True, text=True, timeout=args.duration + 30).stdout
+            try:
+                subprocess.run([*wrk, "-d2s", url], capture_output=True, timeout=30)  # warm-up
+                before = cpu_ticks(proc.pid)
+                wrk_before, (idle0, total0) = children_cpu_s(), idle_jiffies()
+                run = subprocess.run([*wrk, f"-d{args.duration}s", "--latency", url],
+                                     capture_output=True, text=True, timeout=args.duration + 30)
+            except subprocess.TimeoutExpired:
+                print(f"# {server} {scenario}: wrk overran its time, sample dropped; see {log_path}",
+                      file=sys.stderr)
+                return None
             ticks = cpu_ticks(proc.pid) - before
             wrk_s, (idle1, total1) = children_cpu_s() - wrk_before, idle_jiffies()
-            requests, rps, p50, p99, errors = parse_wrk(out)
+            parsed = parse_wrk(run.stdout)
+            if parsed is None:
+                print(f"# {server} {scenario}: wrk gave no result ({run.stderr.strip() or 'no message'}), "
+                      f"sample dropped; see {log_path}", file=sys.stderr)
+                return None
+            requests, rps, p50, p99, errors = parsed
             hz = os.sysconf("SC_CLK_TCK")
             per_request = (lambda x: x * 1e6 / requests) if requests else (lambda x: float("nan"))
             idle = 100.0 * (idle1 - idle0) / max(total1 - total0, 1)

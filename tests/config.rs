@@ -661,7 +661,7 @@ fn config_defaults_is_the_reference_file() {
         .expect("config/maitred.toml");
     assert!(
         reference == out.stdout,
-        "config/maitred.toml is out of date: regenerate it with `maitred config defaults > config/maitred.toml`"
+        "config/maitred.toml is out of date: run scripts/regenerate.sh"
     );
     // And it is a valid settings file that changes no value.
     let path = common::project_dir().join("config/maitred.toml");
@@ -680,7 +680,7 @@ fn the_documentation_table_matches_the_settings() {
         .expect("docs/configuration.md");
     assert!(
         doc.contains(&out.stdout),
-        "the reference table in docs/configuration.md is out of date: replace it with `maitred config docs`"
+        "the reference table in docs/configuration.md is out of date: run scripts/regenerate.sh"
     );
 }
 
