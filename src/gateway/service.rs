@@ -140,14 +140,13 @@ async fn serve_request(
             Rejection::new(Refusal::OutsidePrefix, detail),
         ));
     }
-    let uri = parts.uri.clone();
     let (tx, rx) = oneshot::channel();
     let call = Call {
         cgi,
         body: received.body,
         reply: tx,
         head: parts.method == Method::HEAD,
-        uri: uri.clone(),
+        uri: parts.uri.clone(),
         queued_at: Instant::now(),
     };
     match shared.pool.submit(call) {
@@ -172,8 +171,9 @@ async fn serve_request(
                 // Dropping `rx` tells the worker: a request still queued is
                 // skipped; one running finishes unheard and is closed.
                 tracing::warn!(
-                    "{uri} got no response within request_timeout ({}s): answered 504; \
+                    "{} got no response within request_timeout ({}s): answered 504; \
                      the Python thread running it continues until the app returns",
+                    parts.uri,
                     limit.as_secs_f64()
                 );
                 let detail = format!(
@@ -203,7 +203,7 @@ async fn serve_request(
             ));
         }
     };
-    Ok(respond(shared, &parts, reply, uri))
+    Ok(respond(shared, parts, reply))
 }
 
 /// Applies the trusted-proxy rules, logging what Waitress logs.
@@ -396,7 +396,9 @@ pub fn reject(shared: &Shared, version: Version, rejection: Rejection) -> Respon
     response
 }
 
-fn respond(shared: &Shared, req: &Parts, reply: Reply, uri: http::Uri) -> Response<ResponseBody> {
+/// Takes the request's parts to move its URI into the body (for log lines)
+/// instead of copying it.
+fn respond(shared: &Shared, req: Parts, reply: Reply) -> Response<ResponseBody> {
     let app = match reply {
         Reply::Response(app) => app,
         Reply::Failed { detail } => {
@@ -423,15 +425,15 @@ fn respond(shared: &Shared, req: &Parts, reply: Reply, uri: http::Uri) -> Respon
         AppBody::Full(chunks) => {
             let total: u64 = chunks.iter().map(|c| c.len() as u64).sum();
             let length = app.content_length.or(derive_length.then_some(total));
-            (ResponseBody::full(chunks, length, uri), length)
+            (ResponseBody::full(chunks, length, req.uri), length)
         }
         AppBody::Stream(outbuf) => (
-            ResponseBody::stream(outbuf, app.content_length, uri),
+            ResponseBody::stream(outbuf, app.content_length, req.uri),
             app.content_length,
         ),
         AppBody::File(file) => {
             let len = file.len;
-            (ResponseBody::file(file, uri), Some(len))
+            (ResponseBody::file(file, req.uri), Some(len))
         }
     };
     let mut response = Response::new(body);
@@ -447,15 +449,23 @@ fn respond(shared: &Shared, req: &Parts, reply: Reply, uri: http::Uri) -> Respon
     }
     let headers = response.headers_mut();
     let mut app_server = false;
+    let mut app_length = None;
     for (name, value) in app.headers {
         if name == CONTENT_LENGTH {
+            app_length.get_or_insert(value);
             continue; // set below from the decided length
         }
         app_server |= name == SERVER;
         headers.append(name, value);
     }
     if let Some(len) = length.filter(|_| length_allowed) {
-        headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
+        // The app's own value when it is exactly the decided length in
+        // canonical digits (the usual case), which saves building one.
+        let mut digits = itoa::Buffer::new();
+        let value = app_length
+            .filter(|v| v.as_bytes() == digits.format(len).as_bytes())
+            .unwrap_or_else(|| HeaderValue::from(len));
+        headers.insert(CONTENT_LENGTH, value);
     }
     // Waitress's rule: the app's own Server header wins, and the gateway
     // identifies itself with Via instead.

@@ -5,7 +5,6 @@
 //! holding the entries every request shares (copied per request, which is
 //! one C-level dict copy), and the thread's `wsgi.errors` stream.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::panic::AssertUnwindSafe;
@@ -199,7 +198,11 @@ struct Worker {
     template: Py<PyDict>,
     keys: Vec<Py<PyString>>,
     /// Interned `HTTP_*` keys, with the last value seen under each.
-    header_keys: HashMap<String, (Py<PyString>, Recent)>,
+    /// FNV rather than the default SipHash: the keys are short and the
+    /// lookup runs once per request header, where SipHash cost more than
+    /// the dict insert it serves. Flooding is not a concern because the
+    /// map never holds more than `HEADER_KEY_CACHE` names.
+    header_keys: fnv::FnvHashMap<String, (Py<PyString>, Recent)>,
     /// The last value of each CGI variable worth remembering.
     recent: Vec<Recent>,
     bytes_io: Py<PyAny>,
@@ -232,7 +235,7 @@ impl Worker {
             dispatch: Arc::clone(&ctx.dispatch),
             template: template.unbind(),
             keys,
-            header_keys: HashMap::new(),
+            header_keys: fnv::FnvHashMap::default(),
             recent: Var::ALL.iter().map(|_| Recent::default()).collect(),
             bytes_io: io.getattr("BytesIO")?.unbind(),
             io_open: io.getattr("open")?.unbind(),
@@ -256,6 +259,8 @@ impl Worker {
                 return;
             }
         };
+        // Most requests have no body; their reader holds nothing to free.
+        let holds_data = !matches!(&body, RequestBody::Memory(bytes) if bytes.is_empty());
         let input = match self.input(py, body) {
             Ok(input) => input,
             Err(e) => return self.failed(py, &responder, &e, &uri),
@@ -288,6 +293,9 @@ impl Worker {
         // Waitress closes the request body when the request is over; a
         // spooled one would otherwise hold its file until Python's garbage
         // collector found the environ.
+        if !holds_data {
+            return;
+        }
         if let Err(e) = input.call_method0(pyo3::intern!(py, "close")) {
             tracing::warn!("closing wsgi.input failed: {}", format_exception(py, &e));
         }
