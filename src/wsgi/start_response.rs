@@ -13,7 +13,7 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use pyo3::exceptions::{PyAssertionError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyString};
+use pyo3::types::{PyBytes, PyList, PyString};
 use tokio::sync::oneshot;
 
 use super::outbuf::{self, Outbuf, Stop};
@@ -395,8 +395,7 @@ impl StartResponse {
         }
         let status = parse_status(&py_str("status", status)?).map_err(PyValueError::new_err)?;
         let mut parsed = Vec::new();
-        for item in headers.try_iter()? {
-            let item = item?;
+        let mut add = |item: Bound<'py, PyAny>| -> PyResult<()> {
             let (name, value): (Bound<'py, PyAny>, Bound<'py, PyAny>) =
                 item.extract().map_err(|_| {
                     PyTypeError::new_err("each header must be a (name, value) tuple of str")
@@ -404,6 +403,18 @@ impl StartResponse {
             let name = py_str("a header name", &name)?;
             let value = py_str("a header value", &value)?;
             parsed.push(parse_header(&name, &value).map_err(PyValueError::new_err)?);
+            Ok(())
+        };
+        // PEP 3333 asks for a list; other iterables are accepted too, but
+        // a plain list is read in place, without an iterator object.
+        if let Ok(list) = headers.cast_exact::<PyList>() {
+            for item in list.iter() {
+                add(item)?;
+            }
+        } else {
+            for item in headers.try_iter()? {
+                add(item?)?;
+            }
         }
         let length = declared_length(&parsed).map_err(PyValueError::new_err)?;
         {

@@ -160,6 +160,21 @@ impl Recent {
     }
 }
 
+/// A list or tuple body's non-empty chunks.
+fn collect_chunks<'py>(
+    len: usize,
+    items: impl Iterator<Item = Bound<'py, PyAny>>,
+) -> PyResult<Vec<bytes::Bytes>> {
+    let mut chunks = Vec::with_capacity(len);
+    for item in items {
+        let chunk = chunk_bytes(&item)?;
+        if !chunk.is_empty() {
+            chunks.push(chunk);
+        }
+    }
+    Ok(chunks)
+}
+
 /// Longest value [`Recent`] remembers.
 const RECENT_MAX: usize = 256;
 
@@ -379,14 +394,15 @@ impl Worker {
         };
         // A list or tuple is the whole body: send it in one piece, with a
         // Content-Length, so even HTTP/1.0 clients can keep the connection.
-        if iterable.is_exact_instance_of::<PyList>() || iterable.is_exact_instance_of::<PyTuple>() {
-            let mut chunks = Vec::new();
-            for item in iterable.try_iter()? {
-                let chunk = chunk_bytes(&item?)?;
-                if !chunk.is_empty() {
-                    chunks.push(chunk);
-                }
-            }
+        // Read in place: no iterator object, and room for every chunk.
+        let whole = if let Ok(list) = iterable.cast_exact::<PyList>() {
+            Some(collect_chunks(list.len(), list.iter())?)
+        } else if let Ok(tuple) = iterable.cast_exact::<PyTuple>() {
+            Some(collect_chunks(tuple.len(), tuple.iter())?)
+        } else {
+            None
+        };
+        if let Some(chunks) = whole {
             return Ok(gone(responder.borrow_mut().finish(py, chunks)?));
         }
         if let Ok(wrapper) = iterable.cast::<FileWrapper>() {
