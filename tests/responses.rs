@@ -37,6 +37,24 @@ fn write_callable_mixes_with_the_iterable() {
 }
 
 #[test]
+fn a_start_response_kept_by_the_app_is_never_handed_to_a_later_request() {
+    // One thread, so a reused responder would be the kept one.
+    let s = server().args(["--threads=1", "behaviours:app"]).start();
+    for _ in 0..3 {
+        assert_eq!(s.get("/keep-responder").text(), "kept");
+        // Plain requests in between, whose responders are reused.
+        assert_eq!(s.get("/write").text(), "abcdef");
+        assert_eq!(s.get("/write").text(), "abcdef");
+        let after = s.get("/after-kept-responder");
+        assert!(!after.text().contains("LEAK"), "{}", after.text());
+        assert_eq!(
+            after.json(),
+            serde_json::json!({"same": false, "kept_write": "ClientDisconnected", "same_write": false})
+        );
+    }
+}
+
+#[test]
 fn exceptions_before_the_body_give_a_500_and_the_server_keeps_serving() {
     let s = behaviours();
     for path in ["/error-before", "/error-after-start"] {

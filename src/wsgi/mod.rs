@@ -9,6 +9,7 @@
 
 mod dispatch;
 pub mod environ;
+mod head_memo;
 pub mod outbuf;
 mod pool;
 mod start_response;

@@ -7,6 +7,7 @@
 //! streams the rest through an [`Outbuf`]. Headers count as sent at that
 //! first chunk, which is what the `exc_info` rules of PEP 3333 key on.
 
+use std::cell::RefCell;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -16,6 +17,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyString};
 use tokio::sync::oneshot;
 
+use super::head_memo;
 use super::outbuf::{self, Outbuf, Stop};
 use super::{AppBody, AppResponse, FileBody, Reply};
 
@@ -30,16 +32,17 @@ pub struct Status {
 
 /// Headers that describe one connection rather than the message; an app
 /// setting them would fight the server over framing (PEP 3333 forbids them).
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "trailers",
-    "transfer-encoding",
-    "upgrade",
+/// As `HeaderName`s, so checking one is a comparison of parsed names.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    http::header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    http::header::PROXY_AUTHENTICATE,
+    http::header::PROXY_AUTHORIZATION,
+    http::header::TE,
+    http::header::TRAILER,
+    HeaderName::from_static("trailers"),
+    http::header::TRANSFER_ENCODING,
+    http::header::UPGRADE,
 ];
 
 fn has_forbidden_char(text: &str) -> bool {
@@ -88,7 +91,7 @@ pub fn parse_status(text: &str) -> Result<Status, String> {
 pub fn parse_header(name: &str, value: &str) -> Result<(HeaderName, HeaderValue), String> {
     let header_name = HeaderName::from_bytes(name.as_bytes())
         .map_err(|_| format!("header name {name:?} is not a valid HTTP token"))?;
-    if HOP_BY_HOP.contains(&header_name.as_str()) {
+    if HOP_BY_HOP.contains(&header_name) {
         return Err(format!(
             "header {name:?} is hop-by-hop; a WSGI application must not set it (PEP 3333), \
              the server manages the connection"
@@ -117,17 +120,31 @@ pub fn declared_length(headers: &[(HeaderName, HeaderValue)]) -> Result<Option<u
         if name != http::header::CONTENT_LENGTH {
             continue;
         }
-        let text = value.to_str().unwrap_or("").trim();
-        let n: u64 = (!text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()))
-            .then(|| text.parse().ok())
-            .flatten()
-            .ok_or_else(|| format!("Content-Length {text:?} is not a non-negative integer"))?;
+        let digits = value.as_bytes().trim_ascii();
+        let n = parse_digits(digits).ok_or_else(|| {
+            format!(
+                "Content-Length {:?} is not a non-negative integer",
+                String::from_utf8_lossy(digits)
+            )
+        })?;
         if found.is_some_and(|prev| prev != n) {
             return Err("Content-Length is given twice with different values".to_owned());
         }
         found = Some(n);
     }
     Ok(found)
+}
+
+/// A non-empty run of ASCII digits as a number; `None` for anything else,
+/// including a value too large for a `u64`.
+fn parse_digits(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &b| {
+        let digit = b.checked_sub(b'0').filter(|d| *d <= 9)?;
+        n.checked_mul(10)?.checked_add(u64::from(digit))
+    })
 }
 
 enum Phase {
@@ -168,6 +185,79 @@ impl Drop for StartResponse {
             outbuf.abort();
         }
     }
+}
+
+thread_local! {
+    /// The `write` of the responder this thread is serving (by address),
+    /// which `start_response` returns instead of binding a new method
+    /// object on every call. Holding `write` keeps the responder alive, so
+    /// its address cannot be taken by another object meanwhile.
+    static CURRENT_WRITE: RefCell<Option<(usize, Py<PyAny>)>> = const { RefCell::new(None) };
+}
+
+/// A Python thread's source of responders. The last request's responder
+/// and its `write` are reset and reused when, once that request is over,
+/// nothing but this thread holds either (their reference counts show it,
+/// and only code holding the GIL could add one). An app that kept
+/// `start_response` or `write` keeps that object to itself, and the next
+/// request gets a new one. This saves creating, binding and freeing both
+/// objects per request.
+#[derive(Default)]
+pub struct Responders {
+    spare: Option<(Py<StartResponse>, Py<PyAny>)>,
+}
+
+impl Responders {
+    /// A responder for a new request, made current on this thread.
+    pub fn take<'py>(
+        &mut self,
+        py: Python<'py>,
+        fresh: StartResponse,
+    ) -> PyResult<Bound<'py, StartResponse>> {
+        let (responder, write) = match self.spare.take() {
+            Some((responder, write)) => {
+                let responder = responder.into_bound(py);
+                *exclusive(&responder)? = fresh;
+                (responder, write)
+            }
+            None => {
+                let responder = Bound::new(py, fresh)?;
+                let write = responder.getattr(pyo3::intern!(py, "write"))?.unbind();
+                (responder, write)
+            }
+        };
+        CURRENT_WRITE.set(Some((address(&responder), write)));
+        Ok(responder)
+    }
+
+    /// Ends the current request's use of `responder`, keeping it for the
+    /// next request when nothing else holds it.
+    pub fn give_back(&mut self, responder: Bound<'_, StartResponse>) {
+        let Some((current, write)) = CURRENT_WRITE.take() else {
+            return;
+        };
+        // Two references to the responder (this one and the bound
+        // method's `self`), one to the method (this one): nobody else's.
+        let unshared = current == address(&responder)
+            && references(responder.as_any()) == 2
+            && references(write.bind(responder.py())) == 1;
+        if unshared {
+            self.spare = Some((responder.unbind(), write));
+        }
+    }
+}
+
+/// The object's reference count: exact while the GIL is held, on the
+/// GIL-enabled CPython 3.11 that maitred embeds.
+fn references(obj: &Bound<'_, PyAny>) -> isize {
+    // SAFETY: `obj` holds a reference, so the pointer is to a live object,
+    // and the `Bound` proves the GIL is held, so no other thread changes
+    // the count while it is read.
+    unsafe { pyo3::ffi::Py_REFCNT(obj.as_ptr()) }
+}
+
+fn address(responder: &Bound<'_, StartResponse>) -> usize {
+    responder.as_ptr() as usize
 }
 
 impl StartResponse {
@@ -352,16 +442,19 @@ pub fn chunk_bytes(item: &Bound<'_, PyAny>) -> PyResult<Bytes> {
     }
 }
 
-fn py_str<'a>(what: &str, obj: &'a Bound<'_, PyAny>) -> PyResult<std::borrow::Cow<'a, str>> {
-    let s = obj.cast::<PyString>().map_err(|_| {
+fn as_str<'a, 'py>(what: &str, obj: &'a Bound<'py, PyAny>) -> PyResult<&'a Bound<'py, PyString>> {
+    obj.cast::<PyString>().map_err(|_| {
         let kind = obj
             .get_type()
             .name()
             .map(|n| n.to_string())
             .unwrap_or_else(|_| "?".into());
         PyTypeError::new_err(format!("{what} must be a str, not {kind}"))
-    })?;
-    s.to_cow()
+    })
+}
+
+fn py_str<'a>(what: &str, obj: &'a Bound<'_, PyAny>) -> PyResult<std::borrow::Cow<'a, str>> {
+    as_str(what, obj)?.to_cow()
 }
 
 #[pymethods]
@@ -393,16 +486,18 @@ impl StartResponse {
             }
             _ => {}
         }
-        let status = parse_status(&py_str("status", status)?).map_err(PyValueError::new_err)?;
+        let status = py_str("status", status)?;
+        let status = head_memo::with(|memo| memo.status(&status)).map_err(PyValueError::new_err)?;
         let mut parsed = Vec::new();
         let mut add = |item: Bound<'py, PyAny>| -> PyResult<()> {
             let (name, value): (Bound<'py, PyAny>, Bound<'py, PyAny>) =
                 item.extract().map_err(|_| {
                     PyTypeError::new_err("each header must be a (name, value) tuple of str")
                 })?;
-            let name = py_str("a header name", &name)?;
+            let name = as_str("a header name", &name)?;
             let value = py_str("a header value", &value)?;
-            parsed.push(parse_header(&name, &value).map_err(PyValueError::new_err)?);
+            let header = head_memo::with(|memo| memo.header(name, &value))?;
+            parsed.push(header.map_err(PyValueError::new_err)?);
             Ok(())
         };
         // PEP 3333 asks for a list; other iterables are accepted too, but
@@ -423,7 +518,16 @@ impl StartResponse {
             this.headers = parsed;
             this.content_length = length;
         }
-        slf.getattr(pyo3::intern!(py, "write"))
+        let current = CURRENT_WRITE.with_borrow(|current| match current {
+            Some((responder, write)) if *responder == address(slf) => Some(write.clone_ref(py)),
+            _ => None,
+        });
+        match current {
+            Some(write) => Ok(write.into_bound(py)),
+            // A responder called from another thread, or kept from an
+            // earlier request.
+            None => slf.getattr(pyo3::intern!(py, "write")),
+        }
     }
 
     /// The legacy `write()` callable returned by `start_response`.
@@ -507,6 +611,16 @@ mod tests {
                 .contains("hop-by-hop")
         );
         assert!(parse_header("Transfer-Encoding", "chunked").is_err());
+        for name in [
+            "Keep-Alive",
+            "TRAILERS",
+            "te",
+            "Upgrade",
+            "Proxy-Authorization",
+        ] {
+            assert!(parse_header(name, "x").is_err(), "{name} is hop-by-hop");
+        }
+        assert!(parse_header("Trailer-Ish", "x").is_ok());
         assert!(parse_header("X-Tab", "a\tb").is_ok());
     }
 
@@ -519,5 +633,13 @@ mod tests {
         assert!(declared_length(&[h("1e3")]).is_err());
         assert!(declared_length(&[h("3"), h("4")]).is_err());
         assert_eq!(declared_length(&[h("3"), h("3")]), Ok(Some(3)));
+        assert_eq!(declared_length(&[h(" 7 ")]), Ok(Some(7)));
+        assert!(declared_length(&[h("")]).is_err());
+        assert!(declared_length(&[h("+1")]).is_err());
+        assert!(declared_length(&[h("18446744073709551616")]).is_err());
+        assert_eq!(
+            declared_length(&[h("18446744073709551615")]),
+            Ok(Some(u64::MAX))
+        );
     }
 }

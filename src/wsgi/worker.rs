@@ -18,7 +18,9 @@ use super::dispatch::{Dispatch, Parker};
 use super::environ::{Entry, Var};
 use super::outbuf::Stop;
 use super::pool::{DeferredClose, Job, PoolConfig};
-use super::start_response::{ClientDisconnected, StartResponse, chunk_bytes, wait_for_room};
+use super::start_response::{
+    ClientDisconnected, Responders, StartResponse, chunk_bytes, wait_for_room,
+};
 use super::streams::{ErrorStream, FileWrapper};
 use super::{Call, CgiVars, FileBody, RequestBody};
 use crate::interpreter::format_exception;
@@ -222,6 +224,7 @@ struct Worker {
     recent: Vec<Recent>,
     bytes_io: Py<PyAny>,
     io_open: Py<PyAny>,
+    responders: Responders,
 }
 
 impl Worker {
@@ -254,6 +257,7 @@ impl Worker {
             recent: Var::ALL.iter().map(|_| Recent::default()).collect(),
             bytes_io: io.getattr("BytesIO")?.unbind(),
             io_open: io.getattr("open")?.unbind(),
+            responders: Responders::default(),
         })
     }
 
@@ -266,27 +270,41 @@ impl Worker {
             uri,
             queued_at: _,
         } = call;
-        let responder = StartResponse::new(reply, self.config.output, uri.clone());
-        let responder = match Bound::new(py, responder) {
+        let fresh = StartResponse::new(reply, self.config.output, uri.clone());
+        let responder = match self.responders.take(py, fresh) {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!("cannot create start_response: {}", format_exception(py, &e));
                 return;
             }
         };
+        self.serve(py, &responder, cgi, body, head, &uri);
+        self.responders.give_back(responder);
+    }
+
+    /// The request's life from the environ to closing its input.
+    fn serve(
+        &mut self,
+        py: Python<'_>,
+        responder: &Bound<'_, StartResponse>,
+        cgi: CgiVars,
+        body: RequestBody,
+        head: bool,
+        uri: &http::Uri,
+    ) {
         // Most requests have no body; their reader holds nothing to free.
         let holds_data = !matches!(&body, RequestBody::Memory(bytes) if bytes.is_empty());
         let input = match self.input(py, body) {
             Ok(input) => input,
-            Err(e) => return self.failed(py, &responder, &e, &uri),
+            Err(e) => return self.failed(py, responder, &e, uri),
         };
         let result = self
             .environ(py, cgi, &input)
-            .and_then(|environ| self.app.bind(py).call1((environ, &responder)));
+            .and_then(|environ| self.app.bind(py).call1((environ, responder)));
         match result {
-            Err(e) => self.failed(py, &responder, &e, &uri),
+            Err(e) => self.failed(py, responder, &e, uri),
             Ok(iterable) => {
-                let deferred = match self.send_body(py, &responder, &iterable) {
+                let deferred = match self.send_body(py, responder, &iterable) {
                     Ok(Outcome::Deferred) => true,
                     Ok(Outcome::Sent) => false,
                     Ok(Outcome::Disconnected) => {
@@ -296,12 +314,12 @@ impl Worker {
                         false
                     }
                     Err(e) => {
-                        self.failed(py, &responder, &e, &uri);
+                        self.failed(py, responder, &e, uri);
                         false
                     }
                 };
                 if !deferred {
-                    self.close(py, &iterable, &uri);
+                    self.close(py, &iterable, uri);
                 }
             }
         }

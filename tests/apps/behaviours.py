@@ -130,6 +130,31 @@ def write_callable(environ, start_response):
     return [b"def"]
 
 
+_kept_responders = []
+
+
+def keep_responder(environ, start_response):
+    write = start_response("200 OK", [("Content-Type", "text/plain")])
+    _kept_responders.append((start_response, write))
+    return [b"kept"]
+
+
+def after_kept_responder(environ, start_response):
+    # The kept pair belongs to a finished request: it must not be this
+    # request's, and writing through it must not reach this response.
+    kept_start, kept_write = _kept_responders[-1]
+    try:
+        kept_write(b"LEAK")
+        kept = "wrote"
+    except Exception as e:
+        kept = type(e).__name__
+    same = kept_start is start_response
+    body = json.dumps({"same": same, "kept_write": kept}).encode()
+    write = start_response("200 OK", [("Content-Type", "application/json")])
+    same_write = any(write is w for _, w in _kept_responders)
+    return [body[:-1] + b', "same_write": ' + json.dumps(same_write).encode() + b"}"]
+
+
 def write_then_generator(environ, start_response):
     write = start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "9")])
     write(b"abc")
@@ -467,6 +492,8 @@ ROUTES = {
     "/lazy": lazy,
     "/write": write_callable,
     "/write-then-generator": write_then_generator,
+    "/keep-responder": keep_responder,
+    "/after-kept-responder": after_kept_responder,
     "/error-before": error_before,
     "/error-after-start": error_after_start,
     "/error-mid-stream": error_mid_stream,
