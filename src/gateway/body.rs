@@ -107,16 +107,12 @@ impl ResponseBody {
         }
     }
 
-    /// Keeps the connection marked busy until this body is done with.
-    pub fn with_guard(mut self, guard: RequestGuard) -> Self {
+    /// Keeps the connection marked busy until this body is done with, and
+    /// finishes `record` with `status` then. In place: the response is a
+    /// few hundred bytes, and every move of it is a copy.
+    pub fn attach(&mut self, guard: RequestGuard, record: Record, status: http::StatusCode) {
         self.guard = Some(guard);
-        self
-    }
-
-    /// Finishes `record` with `status` when hyper is done with this body.
-    pub fn with_record(mut self, record: Record, status: http::StatusCode) -> Self {
         self.record = Some((record, status));
-        self
     }
 
     pub fn full(chunks: Vec<Bytes>, declared: Option<u64>, uri: http::Uri) -> Self {

@@ -70,36 +70,35 @@ pub async fn handle(
         &shared.proxy.default_scheme,
         shared.access.as_ref(),
     );
-    let response = match serve_request(parts, body, &shared, peer, &mut record).await {
-        Ok(response) | Err(response) => response,
-    };
+    let mut response = serve_request(parts, body, &shared, peer, &mut record).await;
     // The connection is busy, and the request's record open, until the
     // response body has been sent (or dropped): both travel with the body.
     let status = response.status();
-    Ok(response.map(|body| body.with_guard(guard).with_record(record, status)))
+    response.body_mut().attach(guard, record, status);
+    Ok(response)
 }
 
-/// The request's path; `Err` carries a response maitred wrote itself.
+/// The request's path, to the app's response or one maitred wrote itself.
 async fn serve_request(
     parts: Parts,
     body: Incoming,
     shared: &Arc<Shared>,
     peer: Peer,
     record: &mut Record,
-) -> Result<Response<ResponseBody>, Response<ResponseBody>> {
+) -> Response<ResponseBody> {
     let shared = &**shared;
     let framed = has_body(&parts);
     let declared = body.size_hint().exact().filter(|_| framed);
     if let Err(rejection) =
         policy::check_head(&parts.method, &parts.headers, declared, shared.max_body)
     {
-        return Err(reject(shared, parts.version, rejection));
+        return reject(shared, parts.version, rejection);
     }
     // Forwarding headers are judged before the body is read: a malformed
     // one from a trusted proxy refuses the request as a whole.
     let outcome = match forwarding(&shared.proxy, &peer, &parts.headers) {
         Ok(outcome) => outcome,
-        Err(rejection) => return Err(reject(shared, parts.version, rejection)),
+        Err(rejection) => return reject(shared, parts.version, rejection),
     };
     record.forwarded(
         outcome.remote_addr.as_deref(),
@@ -118,7 +117,7 @@ async fn serve_request(
     };
     let received = match received {
         Ok(received) => received,
-        Err(rejection) => return Err(reject(shared, parts.version, rejection)),
+        Err(rejection) => return reject(shared, parts.version, rejection),
     };
     record.request_body(received.len);
     let head = Head {
@@ -134,11 +133,11 @@ async fn serve_request(
             "The path is outside the application's mount point {}",
             shared.environ.script_name
         );
-        return Err(reject(
+        return reject(
             shared,
             parts.version,
             Rejection::new(Refusal::OutsidePrefix, detail),
-        ));
+        );
     }
     let (tx, rx) = oneshot::channel();
     let call = Call {
@@ -154,11 +153,11 @@ async fn serve_request(
         Err(Refused::QueueFull) => {
             let detail = "All threads are busy and the queue is full; retry shortly";
             let rejection = Rejection::new(Refusal::QueueFull, detail).retry_after(1);
-            return Err(reject(shared, parts.version, rejection));
+            return reject(shared, parts.version, rejection);
         }
         Err(Refused::Stopped) => {
             let rejection = Rejection::new(Refusal::ShuttingDown, "The server is shutting down");
-            return Err(reject(shared, parts.version, rejection));
+            return reject(shared, parts.version, rejection);
         }
     }
     let reply = match shared.request_timeout {
@@ -180,11 +179,11 @@ async fn serve_request(
                     "The application did not respond within {}s",
                     limit.as_secs_f64()
                 );
-                return Err(reject(
+                return reject(
                     shared,
                     parts.version,
                     Rejection::new(Refusal::RequestTimeout, detail),
-                ));
+                );
             }
         },
     };
@@ -193,17 +192,17 @@ async fn serve_request(
         // The worker dropped the channel without answering: an internal
         // failure already logged on the Python side.
         Err(_) => {
-            return Err(reject(
+            return reject(
                 shared,
                 parts.version,
                 Rejection::new(
                     Refusal::InternalError,
                     "The server encountered an unexpected internal server error",
                 ),
-            ));
+            );
         }
     };
-    Ok(respond(shared, parts, reply))
+    respond(shared, parts, reply)
 }
 
 /// Applies the trusted-proxy rules, logging what Waitress logs.
