@@ -388,6 +388,8 @@ impl Worker {
     /// readers, so `read`, `readline`, `readlines` and iteration agree.
     fn input<'py>(&self, py: Python<'py>, body: RequestBody) -> PyResult<Bound<'py, PyAny>> {
         match body {
+            // No argument at all for the usual empty body: cheaper to call.
+            RequestBody::Memory(bytes) if bytes.is_empty() => self.bytes_io.bind(py).call0(),
             RequestBody::Memory(bytes) => self.bytes_io.bind(py).call1((PyBytes::new(py, &bytes),)),
             RequestBody::File(file) => {
                 // Python takes ownership of the descriptor on success. On a
