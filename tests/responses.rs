@@ -420,6 +420,21 @@ fn wsgi_input_is_closed_when_the_request_ends() {
 }
 
 #[test]
+fn response_header_names_go_out_title_cased() {
+    // A documented difference from Waitress, which sends the app's case.
+    let raw =
+        behaviours().exchange(b"GET /header-case HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    let text = String::from_utf8_lossy(&raw);
+    for line in [
+        "\r\nX-Api-Key: k\r\n",
+        "\r\nEtag: \"e\"\r\n",
+        "\r\nContent-Type: text/plain\r\n",
+    ] {
+        assert!(text.contains(line), "{line:?} in {text}");
+    }
+}
+
+#[test]
 fn reason_phrases_go_out_as_latin1() {
     let s = behaviours();
     let raw = s.exchange(b"GET /reason-latin1 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");

@@ -402,6 +402,11 @@ def kept_input_closed(environ, start_response):
     return _json(start_response, [i.closed for i in _kept_inputs])
 
 
+def header_case(environ, start_response):
+    start_response("200 OK", [("X-API-Key", "k"), ("ETag", '"e"'), ("content-type", "text/plain")])
+    return [b"ok"]
+
+
 def reason_latin1(environ, start_response):
     start_response("200 Caf\u00e9", [("Content-Length", "2")])
     return [b"ok"]
@@ -528,6 +533,7 @@ ROUTES = {
     "/keep-input": keep_input,
     "/kept-input-closed": kept_input_closed,
     "/reason-latin1": reason_latin1,
+    "/header-case": header_case,
     "/no-content-with-length": no_content_with_length,
     "/big": big,
     "/slow-stream": slow_stream,
