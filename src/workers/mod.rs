@@ -643,28 +643,29 @@ type Asked = (usize, u32, Arc<Channel>);
 
 /// Asks every worker in `asked` at once, so that answering takes as long
 /// as the slowest worker rather than the sum of them; the answers in the
-/// order given.
+/// order given. A question whose task failed counts as an error answer,
+/// so that worker is never taken for one that answered well.
 async fn ask_all(
     asked: Vec<Asked>,
     ask: Ask,
     within: Duration,
 ) -> Vec<(usize, u32, std::io::Result<Answer>)> {
-    let mut set = tokio::task::JoinSet::new();
-    for (n, (i, pid, ch)) in asked.into_iter().enumerate() {
-        set.spawn(async move { (n, i, pid, ch.ask(ask, within).await) });
-    }
-    let mut answers = Vec::with_capacity(set.len());
-    while let Some(joined) = set.join_next().await {
-        // `ask` does not panic; a task that did is a worker without answer.
-        if let Ok(answer) = joined {
-            answers.push(answer);
-        }
-    }
-    answers.sort_by_key(|(n, ..)| *n);
-    answers
+    let tasks: Vec<_> = asked
         .into_iter()
-        .map(|(_, i, pid, answer)| (i, pid, answer))
-        .collect()
+        .map(|(i, pid, ch)| {
+            (
+                i,
+                pid,
+                tokio::spawn(async move { ch.ask(ask, within).await }),
+            )
+        })
+        .collect();
+    let mut answers = Vec::with_capacity(tasks.len());
+    for (i, pid, task) in tasks {
+        let answer = task.await.unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        answers.push((i, pid, answer));
+    }
+    answers
 }
 
 async fn sleep_until(at: Option<tokio::time::Instant>) {
