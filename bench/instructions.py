@@ -17,17 +17,15 @@ import argparse
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+from compare import HERE, MAITRED, ROOT, SCENARIOS, VENV, free_port, parse_wrk, wait_ready
+
 # maitred's own files: relative to the project or absolute, by how the
 # debug information and callgrind_annotate's directory meet.
-SRC = "^(?:" + re.escape(os.path.dirname(HERE)) + "/)?src/"
+SRC = "^(?:" + re.escape(ROOT) + "/)?src/"
 
 # First match wins: metrics before maitred, CPython before everything.
 GROUPS = [
@@ -45,12 +43,6 @@ GROUPS = [
 ]
 # Thread entry points, which callgrind lists with their whole thread's cost.
 ENTRY = re.compile(r"clone\.S:clone|start_thread|thread_start|call_once\{\{vtable|__rust_begin_short_backtrace")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def group(annotated, requests):
@@ -76,9 +68,9 @@ def group(annotated, requests):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--app", default="hello", help="a scenario of bench/apps.py")
+    ap.add_argument("--app", default="hello", choices=sorted(SCENARIOS), help="a scenario of bench/apps.py")
     ap.add_argument("--seconds", type=int, default=15)
-    ap.add_argument("--binary", default=os.environ.get("MAITRED_BIN", "target/release/maitred"))
+    ap.add_argument("--binary", default=MAITRED)
     args = ap.parse_args()
     port, admin = free_port(), free_port()
     out = tempfile.mkdtemp(prefix="maitred-callgrind-")
@@ -87,33 +79,24 @@ def main():
            args.binary, "--listen", f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{admin}",
            "--threads", "1"]
     # The same site-packages as the side-by-side runs, when they have run.
-    venv = os.environ.get("BENCH_VENV", os.path.join(os.path.dirname(HERE), "target", "bench-venv"))
-    if os.path.isdir(venv):
-        cmd += ["--virtualenv", venv]
+    if os.path.isdir(VENV):
+        cmd += ["--virtualenv", VENV]
     cmd.append(f"apps:{args.app}")
     log = open(os.path.join(out, "server.log"), "w")
     server = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": HERE}, stdout=log, stderr=log)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read()
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    sys.exit(f"maitred did not start under valgrind; see {out}/server.log")
-                time.sleep(1)
+        # Under valgrind start-up takes several times as long.
+        if not wait_ready(port, server, timeout=120):
+            sys.exit(f"maitred did not start under valgrind; see {out}/server.log")
         subprocess.run(["callgrind_control", "--zero", str(server.pid)], check=True,
                        capture_output=True)
-        wrk = ["wrk", "-t1", "-c16", f"-d{args.seconds}s"]
-        if args.app == "echo":
-            wrk += ["-s", os.path.join(HERE, "post.lua")]
+        wrk = ["wrk", "-t1", "-c16", f"-d{args.seconds}s", *SCENARIOS[args.app]]
         run = subprocess.run([*wrk, f"http://127.0.0.1:{port}/"], capture_output=True,
                              text=True, timeout=args.seconds + 60)
-        m = re.search(r"(\d+) requests in", run.stdout)
-        if not m:
+        parsed = parse_wrk(run.stdout)
+        if not parsed or not parsed[0]:
             sys.exit(f"wrk failed:\n{run.stdout}{run.stderr}")
-        requests = int(m.group(1))
+        requests = parsed[0]
     finally:
         server.send_signal(signal.SIGINT)
         try:
