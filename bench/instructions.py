@@ -6,7 +6,7 @@ after `cargo build --release`; needs valgrind and wrk.
 
 Starts the release binary under `valgrind --tool=callgrind` with one Python
 thread, waits until it answers, zeroes the counters (so start-up is not
-counted), loads it with one wrk connection-thread for a fixed time, and
+counted), loads it with wrk (one thread, 16 connections) for a fixed time, and
 prints the instructions per request, in all and grouped by whose code runs
 (by source path: code inlined from the standard library counts as the
 standard library's). Instruction counts do not depend on how busy the

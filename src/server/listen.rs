@@ -244,9 +244,8 @@ pub fn bind(settings: &Settings, activated: Vec<OwnedFd>) -> Result<Vec<Bound>, 
     Ok(bound)
 }
 
-/// A socket from systemd as a listener of the kind it is.
-/// A listening socket this process was given; `from` says by whom, for
-/// the error message.
+/// A listening socket this process was given, as a listener of the kind
+/// it is; `from` names the giver (systemd, the supervisor) for errors.
 fn adopt(fd: OwnedFd, from: &str) -> Result<Bound, BindError> {
     let socket = Socket::from(fd);
     let what = || from.to_owned();

@@ -162,21 +162,6 @@ impl Recent {
     }
 }
 
-/// A list or tuple body's non-empty chunks.
-fn collect_chunks<'py>(
-    len: usize,
-    items: impl Iterator<Item = Bound<'py, PyAny>>,
-) -> PyResult<Vec<bytes::Bytes>> {
-    let mut chunks = Vec::with_capacity(len);
-    for item in items {
-        let chunk = chunk_bytes(&item)?;
-        if !chunk.is_empty() {
-            chunks.push(chunk);
-        }
-    }
-    Ok(chunks)
-}
-
 /// Longest value [`Recent`] remembers.
 const RECENT_MAX: usize = 256;
 
@@ -199,6 +184,21 @@ fn remembered_as(var: Var) -> Option<Var> {
         | Var::PeerAddr => Some(var),
         _ => None,
     }
+}
+
+/// A list or tuple body's non-empty chunks.
+fn collect_chunks<'py>(
+    len: usize,
+    items: impl Iterator<Item = Bound<'py, PyAny>>,
+) -> PyResult<Vec<bytes::Bytes>> {
+    let mut chunks = Vec::with_capacity(len);
+    for item in items {
+        let chunk = chunk_bytes(&item)?;
+        if !chunk.is_empty() {
+            chunks.push(chunk);
+        }
+    }
+    Ok(chunks)
 }
 
 enum Outcome {
@@ -326,10 +326,7 @@ impl Worker {
         // Waitress closes the request body when the request is over; a
         // spooled one would otherwise hold its file until Python's garbage
         // collector found the environ.
-        if !holds_data {
-            return;
-        }
-        if let Err(e) = input.call_method0(pyo3::intern!(py, "close")) {
+        if holds_data && let Err(e) = input.call_method0(pyo3::intern!(py, "close")) {
             tracing::warn!("closing wsgi.input failed: {}", format_exception(py, &e));
         }
     }
