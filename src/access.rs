@@ -20,18 +20,18 @@ const QUEUE: usize = 16 * 1024;
 
 /// The two formats `log.access_format` takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
+pub enum AccessFormat {
     /// Apache/nginx `combined`.
     Combined,
     /// One JSON object per line with OpenTelemetry attribute names.
     Json,
 }
 
-impl Format {
-    pub fn parse(name: &str) -> Option<Format> {
+impl AccessFormat {
+    pub fn parse(name: &str) -> Option<AccessFormat> {
         match name {
-            "combined" => Some(Format::Combined),
-            "json" => Some(Format::Json),
+            "combined" => Some(AccessFormat::Combined),
+            "json" => Some(AccessFormat::Json),
             _ => None,
         }
     }
@@ -80,11 +80,14 @@ impl std::fmt::Debug for Message {
 
 impl AccessLog {
     /// Starts the writer thread, writing to stdout.
-    pub fn start(format: Format) -> std::io::Result<AccessLog> {
+    pub fn start(format: AccessFormat) -> std::io::Result<AccessLog> {
         Self::start_with(format, std::io::stdout())
     }
 
-    fn start_with<W: Write + Send + 'static>(format: Format, out: W) -> std::io::Result<AccessLog> {
+    fn start_with<W: Write + Send + 'static>(
+        format: AccessFormat,
+        out: W,
+    ) -> std::io::Result<AccessLog> {
         let (tx, rx) = crossbeam_channel::bounded(QUEUE);
         std::thread::Builder::new()
             .name("maitred-access".into())
@@ -111,7 +114,7 @@ impl AccessLog {
     }
 }
 
-fn write_loop<W: Write>(format: Format, out: W, rx: Receiver<Message>) {
+fn write_loop<W: Write>(format: AccessFormat, out: W, rx: Receiver<Message>) {
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
     let mut line = String::with_capacity(512);
     let mut failed = false;
@@ -124,8 +127,8 @@ fn write_loop<W: Write>(format: Format, out: W, rx: Receiver<Message>) {
                 Message::Entry(entry) => {
                     line.clear();
                     match format {
-                        Format::Combined => combined(&entry, &mut line),
-                        Format::Json => json(&entry, &mut line),
+                        AccessFormat::Combined => combined(&entry, &mut line),
+                        AccessFormat::Json => json(&entry, &mut line),
                     }
                     line.push('\n');
                     if let Err(e) = out.write_all(line.as_bytes()) {
@@ -386,7 +389,7 @@ mod tests {
     #[test]
     fn the_writer_thread_writes_every_line_before_a_flush_returns() {
         let sink = Shared::default();
-        let log = AccessLog::start_with(Format::Combined, sink.clone()).expect("start");
+        let log = AccessLog::start_with(AccessFormat::Combined, sink.clone()).expect("start");
         for status in [200, 404, 500] {
             log.log(Entry { status, ..entry() });
         }

@@ -9,11 +9,13 @@
 //! - `/metrics`: the Prometheus text exposition (see [`crate::metrics`]).
 //!
 //! Requests here never enter the Python queue, the proxy logic or the app,
-//! and are not counted against `connection_limit`. With several worker
-//! processes the supervisor serves this listener and asks the workers
-//! (see [`crate::workers`]).
+//! and are not counted against `connection_limit`. Where the answers come
+//! from is a [`Probes`] implementation: [`Local`] for this process, or
+//! (with several worker processes) the supervisor, which asks the workers
+//! (see `crate::workers`).
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -28,8 +30,6 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::gateway::service::Shared;
-use crate::workers::Supervisor;
-use crate::workers::control::{Answer, Ask};
 use crate::wsgi::Liveness;
 
 /// How long `/livez` waits for the GIL before calling the process stuck.
@@ -37,46 +37,38 @@ pub const GIL_WITHIN: Duration = Duration::from_secs(2);
 /// Admin connections served at once; probes need few.
 const MAX_CONNECTIONS: usize = 64;
 
-/// Where the admin listener gets its answers: this process, or (with
-/// several worker processes) the supervisor, which asks the workers.
-#[derive(Clone)]
-pub enum Backend {
-    Local(Arc<Shared>),
-    Supervisor(Arc<Supervisor>),
+/// A probe's answer: whether it passes, and its text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub ok: bool,
+    pub text: String,
 }
 
-impl Backend {
-    /// A question from the control channel (see [`crate::workers::control`]).
-    pub async fn answer(&self, ask: Ask) -> Answer {
-        match ask {
-            Ask::Metrics => Answer {
-                ok: true,
-                text: self.metrics().await,
-            },
-            Ask::Livez => self.livez().await,
-            Ask::Readyz => self.readyz().await,
-        }
-    }
+/// Where the admin listener gets its answers.
+pub trait Probes: Send + Sync + 'static {
+    /// `/livez`: the process can still serve.
+    fn livez(&self) -> impl Future<Output = Answer> + Send;
+    /// `/readyz`: the process wants traffic.
+    fn readyz(&self) -> impl Future<Output = Answer> + Send;
+    /// `/metrics`: the text exposition.
+    fn metrics(&self) -> impl Future<Output = String> + Send;
+}
 
+/// This process's own answers, from its Python pool and health flag.
+#[derive(Clone)]
+pub struct Local(pub Arc<Shared>);
+
+impl Probes for Local {
     async fn livez(&self) -> Answer {
-        match self {
-            Backend::Local(shared) => livez(shared).await,
-            Backend::Supervisor(s) => s.livez().await,
-        }
+        livez(&self.0).await
     }
 
     async fn readyz(&self) -> Answer {
-        match self {
-            Backend::Local(shared) => readyz(shared),
-            Backend::Supervisor(s) => s.readyz().await,
-        }
+        readyz(&self.0)
     }
 
     async fn metrics(&self) -> String {
-        match self {
-            Backend::Local(shared) => metrics(shared),
-            Backend::Supervisor(s) => s.metrics().await,
-        }
+        metrics(&self.0)
     }
 }
 
@@ -121,7 +113,7 @@ fn metrics(shared: &Shared) -> String {
     m.render()
 }
 
-pub async fn run(listener: TcpListener, backend: Backend) {
+pub async fn run<P: Probes>(listener: TcpListener, probes: Arc<P>) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
@@ -135,11 +127,11 @@ pub async fn run(listener: TcpListener, backend: Backend) {
                 continue;
             }
         };
-        let backend = backend.clone();
+        let probes = Arc::clone(&probes);
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
-                let backend = backend.clone();
-                async move { Ok::<_, Infallible>(route(&req, &backend).await) }
+                let probes = Arc::clone(&probes);
+                async move { Ok::<_, Infallible>(route(&req, &*probes).await) }
             });
             let conn = http1::Builder::new()
                 .keep_alive(true)
@@ -152,7 +144,7 @@ pub async fn run(listener: TcpListener, backend: Backend) {
     }
 }
 
-async fn route(req: &Request<Incoming>, backend: &Backend) -> Response<Full<Bytes>> {
+async fn route<P: Probes>(req: &Request<Incoming>, probes: &P) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
     }
@@ -165,11 +157,11 @@ async fn route(req: &Request<Incoming>, backend: &Backend) -> Response<Full<Byte
         text(status, &a.text)
     };
     match req.uri().path() {
-        "/livez" | "/healthz" => probe(backend.livez().await),
-        "/readyz" => probe(backend.readyz().await),
+        "/livez" | "/healthz" => probe(probes.livez().await),
+        "/readyz" => probe(probes.readyz().await),
         "/metrics" => {
             let mut response = text(StatusCode::OK, "");
-            *response.body_mut() = Full::new(Bytes::from(backend.metrics().await));
+            *response.body_mut() = Full::new(Bytes::from(probes.metrics().await));
             response.headers_mut().insert(
                 http::header::CONTENT_TYPE,
                 HeaderValue::from_static(crate::metrics::CONTENT_TYPE),

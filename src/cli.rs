@@ -17,23 +17,31 @@ use figment::value::{Dict, Value};
 
 use crate::config::registry::{Kind, SETTINGS, Setting, WAITRESS_NO_OPS};
 use crate::config::values::split_list;
+use crate::config::{self, Layers, LoadError, render};
 
 /// What to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
     Serve,
-    /// `config show`: the effective settings with their sources.
-    ConfigShow(Format),
-    /// `config check`: validate, exit 0 or 2.
-    ConfigCheck,
-    /// `config defaults`: the commented reference TOML.
-    ConfigDefaults,
-    /// `config docs` (hidden): the Markdown reference table.
-    ConfigDocs,
+    Config(ConfigCommand),
 }
 
+/// The `config` subcommands, which inspect the settings and exit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
+pub enum ConfigCommand {
+    /// `config show`: the effective settings with their sources.
+    Show(ShowFormat),
+    /// `config check`: validate, exit 0 or 2.
+    Check,
+    /// `config defaults`: the commented reference TOML.
+    Defaults,
+    /// `config docs` (hidden): the Markdown reference table.
+    Docs,
+}
+
+/// How `config show` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShowFormat {
     Toml,
     Json,
 }
@@ -42,12 +50,70 @@ pub enum Format {
 #[derive(Debug)]
 pub struct Invocation {
     pub action: Action,
-    /// `--config FILE`; `None` falls back to `MAITRED_CONFIG`.
-    pub config_file: Option<PathBuf>,
-    /// The flags given, as a nested dictionary keyed like the TOML file.
-    pub layer: Dict,
+    /// The settings file and the flags, for the loader.
+    pub layers: Layers,
     /// Things worth telling the user once logging is up (no-op flags).
     pub notices: Vec<String>,
+}
+
+/// Exit status for a configuration mistake (as clap uses for usage errors).
+pub const EXIT_CONFIG: u8 = 2;
+
+/// Prints every problem of a configuration that does not load.
+pub fn report(e: &LoadError) {
+    eprintln!("maitred: invalid configuration:");
+    for problem in &e.problems {
+        eprintln!("  {}", problem.replace('\n', "\n    "));
+    }
+}
+
+/// Runs a `config` subcommand; returns the exit status.
+pub fn run_config(command: ConfigCommand, invocation: &Invocation) -> u8 {
+    match command {
+        ConfigCommand::Defaults => {
+            print!("{}", render::defaults_toml());
+            return 0;
+        }
+        ConfigCommand::Docs => {
+            print!("{}", render::docs_table());
+            return 0;
+        }
+        ConfigCommand::Show(_) | ConfigCommand::Check => {}
+    }
+    let loaded = match config::load(&invocation.layers) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            report(&e);
+            return EXIT_CONFIG;
+        }
+    };
+    match command {
+        ConfigCommand::Show(ShowFormat::Toml) => print!(
+            "{}",
+            render::show_toml(&loaded.settings, &loaded.figment, loaded.file.as_deref())
+        ),
+        ConfigCommand::Show(ShowFormat::Json) => {
+            print!("{}", render::show_json(&loaded.settings, &loaded.figment));
+        }
+        ConfigCommand::Check | ConfigCommand::Defaults | ConfigCommand::Docs => {
+            for notice in &invocation.notices {
+                eprintln!("maitred: note: {notice}");
+            }
+            for var in &loaded.skipped_env {
+                eprintln!(
+                    "maitred: note: ignored {var} (a Kubernetes service link, not a setting)"
+                );
+            }
+            match &loaded.file {
+                Some(file) => println!(
+                    "The configuration is valid (settings file {}).",
+                    file.display()
+                ),
+                None => println!("The configuration is valid (no settings file)."),
+            }
+        }
+    }
+    0
 }
 
 /// A command-line mistake that clap cannot see (it only knows single flags).
@@ -194,14 +260,14 @@ fn from_matches(top: &ArgMatches) -> Result<Invocation, UsageError> {
         Some(("config", config)) => match config.subcommand() {
             Some(("show", sub)) => {
                 let format = match sub.get_one::<String>("format").map(String::as_str) {
-                    Some("json") => Format::Json,
-                    _ => Format::Toml,
+                    Some("json") => ShowFormat::Json,
+                    _ => ShowFormat::Toml,
                 };
-                (Action::ConfigShow(format), sub)
+                (Action::Config(ConfigCommand::Show(format)), sub)
             }
-            Some(("check", sub)) => (Action::ConfigCheck, sub),
-            Some(("defaults", sub)) => (Action::ConfigDefaults, sub),
-            Some(("docs", sub)) => (Action::ConfigDocs, sub),
+            Some(("check", sub)) => (Action::Config(ConfigCommand::Check), sub),
+            Some(("defaults", sub)) => (Action::Config(ConfigCommand::Defaults), sub),
+            Some(("docs", sub)) => (Action::Config(ConfigCommand::Docs), sub),
             _ => {
                 return Err(UsageError(
                     "`maitred config` needs show, check or defaults".into(),
@@ -301,8 +367,10 @@ fn layer_from(m: &ArgMatches, top: &ArgMatches) -> Result<Invocation, UsageError
 
     Ok(Invocation {
         action: Action::Serve,
-        config_file: m.get_one::<PathBuf>("config").cloned(),
-        layer,
+        layers: Layers {
+            file: m.get_one::<PathBuf>("config").cloned(),
+            flags: layer,
+        },
         notices,
     })
 }
@@ -370,7 +438,7 @@ mod tests {
             "--no-clear-untrusted-proxy-headers",
             "pkg.mod:app",
         ]);
-        let l = &inv.layer;
+        let l = &inv.layers.flags;
         assert_eq!(get(l, "threads").and_then(Value::as_str), Some("8"));
         assert_eq!(
             get(l, "limits.max_request_body_size").and_then(Value::as_str),
@@ -396,19 +464,19 @@ mod tests {
     #[test]
     fn only_given_flags_enter_the_layer() {
         let inv = parse_ok(&[]);
-        assert!(inv.layer.is_empty(), "{:?}", inv.layer);
+        assert!(inv.layers.flags.is_empty(), "{:?}", inv.layers.flags);
     }
 
     #[test]
     fn last_of_flag_and_no_flag_wins() {
         let inv = parse_ok(&["--expose-tracebacks", "--no-expose-tracebacks"]);
         assert_eq!(
-            get(&inv.layer, "expose_tracebacks").and_then(Value::to_bool),
+            get(&inv.layers.flags, "expose_tracebacks").and_then(Value::to_bool),
             Some(false)
         );
         let inv = parse_ok(&["--no-expose-tracebacks", "--expose-tracebacks"]);
         assert_eq!(
-            get(&inv.layer, "expose_tracebacks").and_then(Value::to_bool),
+            get(&inv.layers.flags, "expose_tracebacks").and_then(Value::to_bool),
             Some(true)
         );
     }
@@ -416,12 +484,12 @@ mod tests {
     #[test]
     fn host_and_port_build_a_listen_entry() {
         let inv = parse_ok(&["--port=9000"]);
-        let listen = get(&inv.layer, "listen")
+        let listen = get(&inv.layers.flags, "listen")
             .and_then(Value::as_array)
             .map(<[Value]>::to_vec);
         assert_eq!(listen, Some(vec![Value::from("0.0.0.0:9000")]));
         let inv = parse_ok(&["--host=::1", "--port=9000"]);
-        let listen = get(&inv.layer, "listen")
+        let listen = get(&inv.layers.flags, "listen")
             .and_then(Value::as_array)
             .map(<[Value]>::to_vec);
         assert_eq!(listen, Some(vec![Value::from("[::1]:9000")]));
@@ -438,7 +506,7 @@ mod tests {
     fn waitress_no_op_flags_are_accepted_with_a_notice() {
         let inv = parse_ok(&["--asyncore-use-poll", "--recv-bytes=4096"]);
         assert_eq!(inv.notices.len(), 2);
-        assert!(inv.layer.is_empty());
+        assert!(inv.layers.flags.is_empty());
     }
 
     #[test]

@@ -22,15 +22,61 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
-use crate::metrics::{self, ConnectionTimeout};
+pub use crate::config::plan::Timeouts;
+use crate::metrics::{self, LabelSet};
 
-const HEAD_TOO_SLOW: &str = "request head not complete within header_timeout";
+/// The error a connection's read or write ends with when one of its timers
+/// fires; the request path reads which setting it was from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{} {}", self.what(), self.timeout.name)]
+pub struct TimedOut {
+    pub which: ConnectionTimeout,
+    pub timeout: crate::config::plan::Timeout,
+}
+
+impl TimedOut {
+    fn what(&self) -> &'static str {
+        match self.which {
+            ConnectionTimeout::Header => "request head not complete within",
+            ConnectionTimeout::Channel => "no progress for longer than",
+        }
+    }
+
+    /// The timeout behind an I/O error, if a connection timer caused it.
+    pub fn of(err: &io::Error) -> Option<&TimedOut> {
+        err.get_ref()?.downcast_ref::<TimedOut>()
+    }
+}
+
+/// Which timer closed a connection (the `timeout` label of
+/// `maitred_connection_timeouts_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionTimeout {
+    Header,
+    Channel,
+}
+
+impl LabelSet for ConnectionTimeout {
+    const COUNT: usize = 2;
+    fn all() -> Vec<Self> {
+        vec![ConnectionTimeout::Header, ConnectionTimeout::Channel]
+    }
+    fn index(self) -> usize {
+        self as usize
+    }
+    fn label_values(self) -> Vec<String> {
+        let label = match self {
+            ConnectionTimeout::Header => "header",
+            ConnectionTimeout::Channel => "channel",
+        };
+        vec![label.to_owned()]
+    }
+}
 
 /// A process-wide sequence of idle transitions: which connection became
 /// idle first only needs an order, not a clock (and reading the clock per
@@ -135,6 +181,8 @@ pub struct Registry {
     conns: Mutex<HashMap<u64, Arc<ConnState>>>,
     next_id: AtomicU64,
     marks: Mutex<Marks>,
+    /// Woken when the last connection goes.
+    emptied: Notify,
 }
 
 /// [`idle_mark`] at the last two times an eviction moved them on, at least
@@ -157,7 +205,14 @@ pub struct Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.registry.lock().remove(&self.id);
+        let empty = {
+            let mut conns = self.registry.lock();
+            conns.remove(&self.id);
+            conns.is_empty()
+        };
+        if empty {
+            self.registry.emptied.notify_waiters();
+        }
         metrics::get().connections_active.dec();
     }
 }
@@ -234,17 +289,24 @@ impl Registry {
         self.lock().len()
     }
 
+    /// Resolves once no connection is open.
+    pub async fn all_closed(&self) {
+        loop {
+            // Registered before looking, so a close in between still wakes.
+            let emptied = self.emptied.notified();
+            tokio::pin!(emptied);
+            emptied.as_mut().enable();
+            if self.lock().is_empty() {
+                return;
+            }
+            emptied.await;
+        }
+    }
+
     /// Connections with a request in progress.
     pub fn busy(&self) -> usize {
         self.lock().values().filter(|c| c.is_busy()).count()
     }
-}
-
-/// The connection's timeouts.
-#[derive(Debug, Clone, Copy)]
-pub struct Timeouts {
-    pub channel: Duration,
-    pub header: Duration,
 }
 
 /// The socket, with the inactivity and head timers applied to every read
@@ -264,7 +326,7 @@ pub struct Watched<S> {
     last_activity: Instant,
     /// A read or write succeeded since `last_activity` was last set.
     undated: bool,
-    head: Head,
+    head: HeadTimer,
     timer: Pin<Box<Sleep>>,
     /// A timeout has been reported (and counted) already.
     timed_out: bool,
@@ -272,7 +334,7 @@ pub struct Watched<S> {
 
 /// The head timer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Head {
+enum HeadTimer {
     /// No head is being received.
     Idle,
     /// A head started arriving with request number `.0` next, in one
@@ -291,21 +353,22 @@ impl<S> Watched<S> {
             state,
             last_activity: now,
             undated: false,
-            head: Head::Idle,
-            timer: Box::pin(tokio::time::sleep_until(now + timeouts.channel)),
+            head: HeadTimer::Idle,
+            timer: Box::pin(tokio::time::sleep_until(now + timeouts.channel.after)),
             timed_out: false,
         }
     }
 
     fn deadline(&self) -> (Instant, ConnectionTimeout) {
         let idle = (
-            self.last_activity + self.timeouts.channel,
+            self.last_activity + self.timeouts.channel.after,
             ConnectionTimeout::Channel,
         );
         match self.head {
-            Head::Since(_, start) if start + self.timeouts.header < idle.0 => {
-                (start + self.timeouts.header, ConnectionTimeout::Header)
-            }
+            HeadTimer::Since(_, start) if start + self.timeouts.header.after < idle.0 => (
+                start + self.timeouts.header.after,
+                ConnectionTimeout::Header,
+            ),
             _ => idle,
         }
     }
@@ -314,13 +377,13 @@ impl<S> Watched<S> {
     fn expired(&mut self, which: ConnectionTimeout) -> io::Error {
         if !self.timed_out {
             self.timed_out = true;
-            metrics::get().connection_timed_out(which);
+            metrics::get().connection_timeouts.inc(which);
         }
-        let why = match which {
-            ConnectionTimeout::Header => HEAD_TOO_SLOW,
-            ConnectionTimeout::Channel => "no progress for longer than channel_timeout",
+        let timeout = match which {
+            ConnectionTimeout::Header => self.timeouts.header,
+            ConnectionTimeout::Channel => self.timeouts.channel,
         };
-        io::Error::new(io::ErrorKind::TimedOut, why)
+        io::Error::new(io::ErrorKind::TimedOut, TimedOut { which, timeout })
     }
 
     fn note_read(&mut self) {
@@ -330,14 +393,14 @@ impl<S> Watched<S> {
             return;
         }
         match self.head {
-            Head::Idle => {
-                self.head = Head::Started(self.state.requests.load(Ordering::Relaxed));
+            HeadTimer::Idle => {
+                self.head = HeadTimer::Started(self.state.requests.load(Ordering::Relaxed));
             }
             // A head that takes more than one read without ever waiting
             // (a client whose next byte is always already there) is dated
             // now, so the check in `poll_read` can see it.
-            Head::Started(n) => self.head = Head::Since(n, Instant::now()),
-            Head::Since(..) => {}
+            HeadTimer::Started(n) => self.head = HeadTimer::Since(n, Instant::now()),
+            HeadTimer::Since(..) => {}
         }
     }
 
@@ -347,11 +410,11 @@ impl<S> Watched<S> {
     /// follows, cutting keep-alive connections at `header_timeout`).
     fn forget_parsed_head(&mut self) {
         let begun = match self.head {
-            Head::Idle => return,
-            Head::Started(n) | Head::Since(n, _) => n,
+            HeadTimer::Idle => return,
+            HeadTimer::Started(n) | HeadTimer::Since(n, _) => n,
         };
         if self.state.is_busy() || self.state.requests.load(Ordering::Relaxed) != begun {
-            self.head = Head::Idle;
+            self.head = HeadTimer::Idle;
         }
     }
 
@@ -361,8 +424,8 @@ impl<S> Watched<S> {
             self.undated = false;
             self.last_activity = now;
         }
-        if let Head::Started(n) = self.head {
-            self.head = Head::Since(n, now);
+        if let HeadTimer::Started(n) = self.head {
+            self.head = HeadTimer::Since(n, now);
         }
     }
 
@@ -416,8 +479,8 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
                     // makes a read wait, so the head deadline is also
                     // checked here (a head already dated is a head that
                     // has waited before: only then is the clock read).
-                    if let Head::Since(_, start) = self.head {
-                        if start.elapsed() >= self.timeouts.header {
+                    if let HeadTimer::Since(_, start) = self.head {
+                        if start.elapsed() >= self.timeouts.header.after {
                             return Poll::Ready(Err(self.expired(ConnectionTimeout::Header)));
                         }
                     }
@@ -487,11 +550,20 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+    use crate::config::plan::Timeout;
+
     const T: Timeouts = Timeouts {
-        channel: Duration::from_secs(5),
-        header: Duration::from_secs(2),
+        channel: Timeout {
+            after: Duration::from_secs(5),
+            name: "channel_timeout",
+        },
+        header: Timeout {
+            after: Duration::from_secs(2),
+            name: "header_timeout",
+        },
     };
 
     fn watched<S>(io: S) -> (Watched<S>, Arc<ConnState>) {
@@ -506,7 +578,7 @@ mod tests {
         let started = Instant::now();
         let err = w.read(&mut [0u8; 8]).await.expect_err("times out");
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
-        assert_eq!(started.elapsed(), T.channel);
+        assert_eq!(started.elapsed(), T.channel.after);
     }
 
     #[tokio::test(start_paused = true)]
@@ -529,7 +601,7 @@ mod tests {
         };
         assert_eq!(result.kind(), io::ErrorKind::TimedOut);
         assert!(
-            started.elapsed() <= T.header + Duration::from_millis(600),
+            started.elapsed() <= T.header.after + Duration::from_millis(600),
             "{:?}",
             started.elapsed()
         );
@@ -553,7 +625,7 @@ mod tests {
         let err = w.read(&mut [0u8; 8]).await.expect_err("times out");
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         assert!(err.to_string().contains("channel_timeout"), "{err}");
-        assert_eq!(started.elapsed(), T.channel);
+        assert_eq!(started.elapsed(), T.channel.after);
     }
 
     #[tokio::test(start_paused = true)]
@@ -597,6 +669,27 @@ mod tests {
         assert!(!state.can_drop_now(), "a request in hand");
         drop(guard);
         assert!(state.can_drop_now());
+    }
+
+    #[tokio::test]
+    async fn all_closed_wakes_when_the_last_connection_goes() {
+        let registry = Arc::new(Registry::default());
+        registry.all_closed().await;
+        let first = registry.register();
+        let second = registry.register();
+        let waiter = tokio::spawn({
+            let registry = Arc::clone(&registry);
+            async move { registry.all_closed().await }
+        });
+        tokio::task::yield_now().await;
+        drop(first);
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "one connection is still open");
+        drop(second);
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("woken by the last close")
+            .expect("the waiter ran");
     }
 
     #[test]

@@ -19,7 +19,7 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyList, PyModule};
 
-use crate::config::Settings;
+use crate::config::plan::AppPlan;
 
 /// The facts about the running Python that start-up reports.
 #[derive(Debug, Clone)]
@@ -52,9 +52,9 @@ const BUILD_EXECUTABLE: &str = env!("BUILD_PYTHON_EXECUTABLE");
 const BUILD_VERSION: &str = env!("BUILD_PYTHON_VERSION");
 
 /// Which virtualenv to use: the setting, else `$VIRTUAL_ENV`.
-fn virtualenv(settings: &Settings) -> Result<Option<PathBuf>, StartError> {
-    let (dir, origin) = match (&settings.virtualenv, std::env::var_os("VIRTUAL_ENV")) {
-        (Some(dir), _) => (PathBuf::from(dir), "virtualenv"),
+fn virtualenv(app: &AppPlan) -> Result<Option<PathBuf>, StartError> {
+    let (dir, origin) = match (&app.virtualenv, std::env::var_os("VIRTUAL_ENV")) {
+        (Some(dir), _) => (dir.clone(), "virtualenv"),
         (None, Some(dir)) if !dir.is_empty() => (PathBuf::from(dir), "VIRTUAL_ENV"),
         _ => return Ok(None),
     };
@@ -135,13 +135,13 @@ fn c_string(what: &str, text: &str) -> Result<CString, StartError> {
 /// Initialises CPython for the process and releases the GIL, so the worker
 /// threads can take it. Must be called before any other Python use; a
 /// second call is refused.
-pub fn initialize(settings: &Settings) -> Result<PythonInfo, StartError> {
+pub fn initialize(app: &AppPlan) -> Result<PythonInfo, StartError> {
     // SAFETY: Py_IsInitialized may be called at any time, before or after
     // initialisation, without the GIL.
     if unsafe { ffi::Py_IsInitialized() } != 0 {
         return Err(StartError::Python("Python is already initialized".into()));
     }
-    let venv = virtualenv(settings)?;
+    let venv = virtualenv(app)?;
     let executable = match &venv {
         Some(dir) => Some(
             dir.join("bin")
@@ -228,7 +228,7 @@ pub fn initialize(settings: &Settings) -> Result<PythonInfo, StartError> {
             library: loaded_libpython(),
             virtualenv: venv.clone(),
         };
-        setup_sys_path(py, settings)?;
+        setup_sys_path(py, &app.app_dirs)?;
         watch_gc(py)?;
         Ok::<_, PyErr>(info)
     })
@@ -266,10 +266,10 @@ fn gc_callback(phase: &str, info: &Bound<'_, pyo3::types::PyDict>) -> PyResult<(
 /// Waitress appends the working directory to `sys.path`; `--app-dir`
 /// directories go first because naming one is an explicit wish to import
 /// from it ahead of installed packages.
-fn setup_sys_path(py: Python<'_>, settings: &Settings) -> PyResult<()> {
+fn setup_sys_path(py: Python<'_>, app_dirs: &[PathBuf]) -> PyResult<()> {
     let path = py.import("sys")?.getattr("path")?.cast_into::<PyList>()?;
-    for (i, dir) in settings.app_dir.iter().enumerate() {
-        let dir = std::path::absolute(dir).unwrap_or_else(|_| PathBuf::from(dir));
+    for (i, dir) in app_dirs.iter().enumerate() {
+        let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.clone());
         path.insert(i, dir.to_string_lossy())?;
     }
     if let Ok(cwd) = std::env::current_dir() {
@@ -326,9 +326,9 @@ const DEMO_SOURCE: &str = include_str!("demo.py");
 
 /// Imports the configured app (or the demo), calling it first when it is a
 /// factory. Import errors carry the full Python traceback.
-pub fn load_app(settings: &Settings) -> Result<LoadedApp, StartError> {
+pub fn load_app(plan: &AppPlan) -> Result<LoadedApp, StartError> {
     Python::attach(|py| {
-        let (app, label) = match &settings.app {
+        let (app, label) = match &plan.target {
             None => {
                 let code = c_string("the demo app", DEMO_SOURCE)?;
                 let module = PyModule::from_code(py, &code, c"<maitred-demo>", c"maitred_demo")
@@ -342,6 +342,7 @@ pub fn load_app(settings: &Settings) -> Result<LoadedApp, StartError> {
                 (app, "the built-in demo app".to_owned())
             }
             Some(target) => {
+                let target = &target.text;
                 // pkgutil.resolve_name is what waitress-serve uses: it takes
                 // both `pkg.mod:obj.attr` and `pkg.mod.obj`.
                 let app = py
@@ -356,7 +357,7 @@ pub fn load_app(settings: &Settings) -> Result<LoadedApp, StartError> {
                 (app, target.clone())
             }
         };
-        let app = if settings.call {
+        let app = if plan.call {
             app.call0().map_err(|e| {
                 StartError::App(format!(
                     "calling the app factory `{label}` (--call) failed:\n{}",
@@ -374,7 +375,7 @@ pub fn load_app(settings: &Settings) -> Result<LoadedApp, StartError> {
                 .unwrap_or_else(|_| "object".into());
             let hint = if app.is_instance_of::<PyModule>() {
                 "; name the callable inside it, as MODULE:CALLABLE"
-            } else if settings.call {
+            } else if plan.call {
                 ""
             } else {
                 "; if it is a factory, add --call"

@@ -7,14 +7,18 @@ use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
-use crate::config::Log;
+use crate::config::plan::{LogFormat, LogPlan};
 
-pub fn init(log: &Log) {
+pub fn init(log: &LogPlan) {
     let filter = std::env::var("RUST_LOG")
         .ok()
         .and_then(|spec| EnvFilter::try_new(spec).ok())
-        .or_else(|| EnvFilter::try_new(&log.level).ok())
-        .unwrap_or_else(|| EnvFilter::new("info"));
+        .unwrap_or_else(|| {
+            log.level
+                .iter()
+                .cloned()
+                .fold(EnvFilter::default(), EnvFilter::add_directive)
+        });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -22,9 +26,8 @@ pub fn init(log: &Log) {
         // Colour only for a person at a terminal, and never when NO_COLOR
         // is set (https://no-color.org).
         .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none());
-    if log.format == "json" {
-        builder.json().flatten_event(true).init();
-    } else {
-        builder.init();
+    match log.format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
     }
 }

@@ -9,10 +9,16 @@
 //! normalised (unknown ones become `_OTHER`), status codes are three
 //! digits, exception types are capped. `docs/metrics.md` lists them all; a
 //! test keeps it in step with a live scrape.
+//!
+//! This module depends on nothing else in maitred: families labelled by a
+//! domain enum (gateway reasons, forwarding headers, connection timers) are
+//! [`Family`]s, and the enum supplies its label values through
+//! [`LabelSet`]. Start-up seeds each one so its series exist from the start.
 
+use std::any::TypeId;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{LazyLock, PoisonError, RwLock};
+use std::sync::{LazyLock, OnceLock, PoisonError, RwLock};
 use std::time::Instant;
 
 use http::Version;
@@ -21,9 +27,6 @@ use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
-
-use crate::gateway::policy::Refusal;
-use crate::proxy::Header;
 
 /// The `Content-Type` of a scrape. Prometheus 3 refuses a missing or
 /// malformed one, so it is spelled out rather than taken from the encoder
@@ -85,75 +88,84 @@ pub fn version_index(version: Version) -> usize {
     usize::from(version != Version::HTTP_10)
 }
 
-/// Why a connection was refused before any request was read from it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConnectionRefusal {
-    /// A PROXY-protocol listener was reached by a peer not in
-    /// `proxy_protocol.trusted`.
-    ProxyProtocolUntrusted,
-    /// The PROXY header was missing, malformed or too slow.
-    ProxyProtocolInvalid,
-    /// `accept()` failed (typically out of file descriptors).
-    AcceptError,
+/// A closed set of label values: a domain enum (why the gateway answered,
+/// which forwarding header was not believed) that names itself. Each
+/// value's series exists, at 0, from the moment its family is seeded, so
+/// dashboards and alerts see a zero rather than a gap.
+pub trait LabelSet: Copy + 'static {
+    /// How many values there are.
+    const COUNT: usize;
+    /// Every value, in the order of [`LabelSet::index`].
+    fn all() -> Vec<Self>;
+    /// Its position in [`LabelSet::all`].
+    fn index(self) -> usize;
+    /// Its label values, in the order of its family's label names.
+    fn label_values(self) -> Vec<String>;
 }
 
-impl ConnectionRefusal {
-    pub const ALL: [ConnectionRefusal; 3] = [
-        ConnectionRefusal::ProxyProtocolUntrusted,
-        ConnectionRefusal::ProxyProtocolInvalid,
-        ConnectionRefusal::AcceptError,
-    ];
+/// Two label sets counted together (a header and why it was refused).
+impl<A: LabelSet, B: LabelSet> LabelSet for (A, B) {
+    const COUNT: usize = A::COUNT * B::COUNT;
 
-    pub fn label(self) -> &'static str {
-        match self {
-            ConnectionRefusal::ProxyProtocolUntrusted => "proxy_protocol_untrusted",
-            ConnectionRefusal::ProxyProtocolInvalid => "proxy_protocol_invalid",
-            ConnectionRefusal::AcceptError => "accept_error",
-        }
+    fn all() -> Vec<Self> {
+        A::all()
+            .into_iter()
+            .flat_map(|a| B::all().into_iter().map(move |b| (a, b)))
+            .collect()
+    }
+
+    fn index(self) -> usize {
+        self.0.index() * B::COUNT + self.1.index()
+    }
+
+    fn label_values(self) -> Vec<String> {
+        let mut values = self.0.label_values();
+        values.extend(self.1.label_values());
+        values
     }
 }
 
-/// Which timer closed a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConnectionTimeout {
-    Header,
-    Channel,
+/// A counter family labelled by one [`LabelSet`], resolved to one counter
+/// per value the first time it is seeded or counted, so counting is an
+/// index and an atomic add.
+pub struct Family {
+    vec: IntCounterVec,
+    /// Which label set it was resolved with, and its counters.
+    children: OnceLock<(TypeId, Vec<IntCounter>)>,
 }
 
-impl ConnectionTimeout {
-    pub const ALL: [ConnectionTimeout; 2] = [ConnectionTimeout::Header, ConnectionTimeout::Channel];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            ConnectionTimeout::Header => "header",
-            ConnectionTimeout::Channel => "channel",
+impl Family {
+    fn new(vec: IntCounterVec) -> Family {
+        Family {
+            vec,
+            children: OnceLock::new(),
         }
     }
-}
 
-/// Why a forwarding header was not believed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProxyHeaderFate {
-    /// Sent by a peer not in `proxy.trusted`.
-    UntrustedPeer,
-    /// Sent by a trusted peer, but not one of `proxy.headers`.
-    NotListed,
-    /// From a trusted peer but unparsable: the request got 400.
-    Malformed,
-}
+    fn children<L: LabelSet>(&self) -> &[IntCounter] {
+        let (kind, children) = self.children.get_or_init(|| {
+            let children = L::all()
+                .into_iter()
+                .map(|l| self.vec.with_label_values(&l.label_values()))
+                .collect();
+            (TypeId::of::<L>(), children)
+        });
+        debug_assert_eq!(
+            *kind,
+            TypeId::of::<L>(),
+            "a family is counted with one label set"
+        );
+        children
+    }
 
-impl ProxyHeaderFate {
-    pub const ALL: [ProxyHeaderFate; 3] = [
-        ProxyHeaderFate::UntrustedPeer,
-        ProxyHeaderFate::NotListed,
-        ProxyHeaderFate::Malformed,
-    ];
+    /// Creates every series of `L` at 0.
+    pub fn seed<L: LabelSet>(&self) {
+        self.children::<L>();
+    }
 
-    pub fn label(self) -> &'static str {
-        match self {
-            ProxyHeaderFate::UntrustedPeer => "untrusted_peer",
-            ProxyHeaderFate::NotListed => "not_in_proxy_headers",
-            ProxyHeaderFate::Malformed => "malformed",
+    pub fn inc<L: LabelSet>(&self, value: L) {
+        if let Some(counter) = self.children::<L>().get(value.index()) {
+            counter.inc();
         }
     }
 }
@@ -163,9 +175,11 @@ pub struct Metrics {
     http: HttpSeries,
     pub connections_active: IntGauge,
     pub connections_accepted: IntCounter,
-    connections_rejected: Vec<IntCounter>,
+    /// Connections closed before any request was read, by reason.
+    pub connections_rejected: Family,
     pub connections_evicted: IntCounter,
-    connection_timeouts: Vec<IntCounter>,
+    /// Connections closed by a timer, by timer.
+    pub connection_timeouts: Family,
     pub connection_limit: IntGauge,
     pub connection_limit_reached: IntCounter,
     pub python_threads: IntGauge,
@@ -173,9 +187,11 @@ pub struct Metrics {
     pub queue_depth: IntGauge,
     pub queue_limit: IntGauge,
     pub queue_wait: Histogram,
-    gateway_responses: Vec<IntCounter>,
+    /// Responses maitred wrote itself, by reason and status.
+    pub gateway_responses: Family,
     exceptions: ExceptionTypes,
-    proxy_headers: Vec<IntCounter>,
+    /// Forwarding headers not believed, by header and reason.
+    pub proxy_headers_rejected: Family,
     gc_collections: Vec<IntCounter>,
     gc_collected: Vec<IntCounter>,
     gc_uncollectable: Vec<IntCounter>,
@@ -183,6 +199,12 @@ pub struct Metrics {
     pub access_log_dropped: IntCounter,
     pub workers: IntGauge,
     pub worker_restarts: IntCounter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
 }
 
 /// The process-wide metrics.
@@ -235,7 +257,9 @@ fn histogram_vec(
 }
 
 impl Metrics {
-    fn new() -> Metrics {
+    /// A fresh set of every family (the process uses [`get`]; tests make
+    /// their own).
+    pub fn new() -> Metrics {
         let r = Registry::new();
         let http = HttpSeries::new(&r);
 
@@ -249,31 +273,23 @@ impl Metrics {
             "maitred_connections_accepted_total",
             "Client connections accepted.",
         );
-        let rejected = counter_vec(
+        let connections_rejected = Family::new(counter_vec(
             &r,
             "maitred_connections_rejected_total",
             "Connections closed before any request was read, by reason.",
             &["reason"],
-        );
-        let connections_rejected = ConnectionRefusal::ALL
-            .iter()
-            .map(|c| rejected.with_label_values(&[c.label()]))
-            .collect();
+        ));
         let connections_evicted = counter(
             &r,
             "maitred_connections_evicted_total",
             "Idle connections closed to make room for a new one at connection_limit.",
         );
-        let timeouts = counter_vec(
+        let connection_timeouts = Family::new(counter_vec(
             &r,
             "maitred_connection_timeouts_total",
             "Connections closed by a timer: header (header_timeout) or channel (channel_timeout).",
             &["timeout"],
-        );
-        let connection_timeouts = ConnectionTimeout::ALL
-            .iter()
-            .map(|t| timeouts.with_label_values(&[t.label()]))
-            .collect();
+        ));
         let connection_limit = gauge(
             &r,
             "maitred_connection_limit",
@@ -312,16 +328,12 @@ impl Metrics {
             &QUEUE_WAIT_BUCKETS,
         );
 
-        let gateway = counter_vec(
+        let gateway_responses = Family::new(counter_vec(
             &r,
             "maitred_gateway_responses_total",
             "Responses maitred wrote itself instead of the application's, by reason.",
             &["reason", "http_response_status_code"],
-        );
-        let gateway_responses = Refusal::ALL
-            .iter()
-            .map(|g| gateway.with_label_values(&[g.label(), g.status().as_str()]))
-            .collect();
+        ));
 
         let exceptions = ExceptionTypes::new(counter_vec(
             &r,
@@ -330,21 +342,12 @@ impl Metrics {
             &["exception_type"],
         ));
 
-        let proxy = counter_vec(
+        let proxy_headers_rejected = Family::new(counter_vec(
             &r,
             "maitred_proxy_headers_rejected_total",
             "Forwarding headers not believed, by header and reason.",
             &["header", "reason"],
-        );
-        let proxy_headers = Header::ALL
-            .iter()
-            .flat_map(|h| {
-                let proxy = &proxy;
-                ProxyHeaderFate::ALL
-                    .iter()
-                    .map(move |f| proxy.with_label_values(&[h.lower(), f.label()]))
-            })
-            .collect();
+        ));
 
         let generations = ["0", "1", "2"];
         let per_generation = |name: &str, help: &str| -> Vec<IntCounter> {
@@ -417,7 +420,7 @@ impl Metrics {
             queue_wait,
             gateway_responses,
             exceptions,
-            proxy_headers,
+            proxy_headers_rejected,
             gc_collections,
             gc_collected,
             gc_uncollectable,
@@ -444,25 +447,9 @@ impl Metrics {
             .set(1);
     }
 
-    pub fn connection_rejected(&self, why: ConnectionRefusal) {
-        self.connections_rejected[why as usize].inc();
-    }
-
-    pub fn connection_timed_out(&self, which: ConnectionTimeout) {
-        self.connection_timeouts[which as usize].inc();
-    }
-
-    pub fn gateway_response(&self, why: Refusal) {
-        self.gateway_responses[why as usize].inc();
-    }
-
     /// An exception from the app; `type_name` is its qualified class name.
     pub fn app_exception(&self, type_name: &str) {
         self.exceptions.count(type_name);
-    }
-
-    pub fn proxy_header_rejected(&self, header: Header, fate: ProxyHeaderFate) {
-        self.proxy_headers[header as usize * ProxyHeaderFate::ALL.len() + fate as usize].inc();
     }
 
     /// One garbage collection of `generation` (0–2) as the interpreter
@@ -747,23 +734,81 @@ mod tests {
         assert_eq!(SCHEMES[scheme_index("wss")], "_OTHER");
     }
 
+    /// A label set of the kind the domain modules define.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Colour {
+        Red,
+        Green,
+    }
+
+    impl LabelSet for Colour {
+        const COUNT: usize = 2;
+        fn all() -> Vec<Self> {
+            vec![Colour::Red, Colour::Green]
+        }
+        fn index(self) -> usize {
+            self as usize
+        }
+        fn label_values(self) -> Vec<String> {
+            vec![format!("{self:?}").to_lowercase()]
+        }
+    }
+
     #[test]
-    fn known_label_sets_are_present_before_anything_happens() {
+    fn unlabelled_families_are_present_before_anything_happens() {
         let m = Box::leak(Box::new(Metrics::new()));
         let s = scrape(m);
         for series in [
-            "maitred_connections_rejected_total{reason=\"accept_error\"}",
-            "maitred_connection_timeouts_total{timeout=\"header\"}",
-            "maitred_gateway_responses_total{http_response_status_code=\"503\",reason=\"queue_full\"}",
-            "maitred_gateway_responses_total{http_response_status_code=\"431\",reason=\"headers_too_large\"}",
             "maitred_app_exceptions_total{exception_type=\"_OTHER\"}",
-            "maitred_proxy_headers_rejected_total{header=\"forwarded\",reason=\"malformed\"}",
             "cpython_gc_collections_total{generation=\"2\"}",
             "http_server_active_requests{http_request_method=\"_OTHER\",url_scheme=\"https\"}",
         ] {
             assert_eq!(value(&s, series), Some(0.0), "{series} in\n{s}");
         }
         assert!(s.contains("# TYPE process_resident_memory_bytes gauge"));
+    }
+
+    #[test]
+    fn a_seeded_family_has_every_series_at_zero_and_counts_by_index() {
+        let m = Box::leak(Box::new(Metrics::new()));
+        m.connection_timeouts.seed::<Colour>();
+        let s = scrape(m);
+        for colour in ["red", "green"] {
+            let series = format!("maitred_connection_timeouts_total{{timeout=\"{colour}\"}}");
+            assert_eq!(value(&s, &series), Some(0.0), "{series} in\n{s}");
+        }
+        m.connection_timeouts.inc(Colour::Green);
+        let s = scrape(m);
+        assert_eq!(
+            value(&s, "maitred_connection_timeouts_total{timeout=\"green\"}"),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(&s, "maitred_connection_timeouts_total{timeout=\"red\"}"),
+            Some(0.0)
+        );
+    }
+
+    #[test]
+    fn a_pair_of_label_sets_indexes_every_combination_once() {
+        let all = <(Colour, Colour)>::all();
+        assert_eq!(all.len(), <(Colour, Colour)>::COUNT);
+        for (i, pair) in all.into_iter().enumerate() {
+            assert_eq!(pair.index(), i, "{pair:?}");
+        }
+        assert_eq!(
+            (Colour::Green, Colour::Red).label_values(),
+            vec!["green", "red"]
+        );
+        let m = Box::leak(Box::new(Metrics::new()));
+        m.proxy_headers_rejected.inc((Colour::Green, Colour::Red));
+        assert_eq!(
+            value(
+                &scrape(m),
+                "maitred_proxy_headers_rejected_total{header=\"green\",reason=\"red\"}"
+            ),
+            Some(1.0)
+        );
     }
 
     #[test]
@@ -845,24 +890,15 @@ mod tests {
     }
 
     #[test]
-    fn proxy_and_gateway_counters_land_on_their_labels() {
+    fn garbage_collections_land_on_their_generation() {
         let m = Box::leak(Box::new(Metrics::new()));
-        m.proxy_header_rejected(Header::Proto, ProxyHeaderFate::NotListed);
-        m.gateway_response(Refusal::RequestTimeout);
-        m.connection_rejected(ConnectionRefusal::ProxyProtocolInvalid);
-        m.connection_timed_out(ConnectionTimeout::Channel);
         m.gc_collection(1, 7, 0);
         m.gc_collection(9, 7, 0);
         let s = scrape(m);
-        for series in [
-            "maitred_proxy_headers_rejected_total{header=\"x-forwarded-proto\",reason=\"not_in_proxy_headers\"}",
-            "maitred_gateway_responses_total{http_response_status_code=\"504\",reason=\"request_timeout\"}",
-            "maitred_connections_rejected_total{reason=\"proxy_protocol_invalid\"}",
-            "maitred_connection_timeouts_total{timeout=\"channel\"}",
-            "cpython_gc_collections_total{generation=\"1\"}",
-        ] {
-            assert_eq!(value(&s, series), Some(1.0), "{series}");
-        }
+        assert_eq!(
+            value(&s, "cpython_gc_collections_total{generation=\"1\"}"),
+            Some(1.0)
+        );
         assert_eq!(
             value(&s, "cpython_gc_collected_objects_total{generation=\"1\"}"),
             Some(7.0)

@@ -8,9 +8,9 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider, Source};
 
+use super::plan::Plan;
 use super::registry::{self, SETTINGS, Status};
 use super::{Problem, Settings};
-use crate::cli::Invocation;
 
 const DEFAULTS: &str = "built-in defaults";
 const ENVIRONMENT: &str = "environment";
@@ -22,11 +22,23 @@ const ENV_PREFIX: &str = registry::ENV_PREFIX;
 /// environment to the server.
 const NOT_SETTINGS: &[&str] = &["config", "bin", "args"];
 
-/// Settings after a successful load, with the figment they came from so
-/// `config show` can say where each value was set.
+/// What the command line contributes: the settings file it names and the
+/// flags it was given.
+#[derive(Debug, Clone, Default)]
+pub struct Layers {
+    /// `--config FILE`; `None` falls back to `MAITRED_CONFIG`.
+    pub file: Option<PathBuf>,
+    /// The flags given, as a nested dictionary keyed like the TOML file.
+    pub flags: Dict,
+}
+
+/// Settings after a successful load: the plan built from them, and the
+/// figment they came from so `config show` can say where each value was
+/// set.
 #[derive(Debug)]
 pub struct Loaded {
     pub settings: Settings,
+    pub plan: Plan,
     pub figment: Figment,
     /// Which file was read, if any.
     pub file: Option<PathBuf>,
@@ -78,8 +90,8 @@ impl<P: Provider> Provider for Named<P> {
 }
 
 /// Which settings file to read: `--config` wins over `MAITRED_CONFIG`.
-fn config_file(inv: &Invocation) -> Result<Option<(PathBuf, &'static str)>, LoadError> {
-    let (path, origin) = match (&inv.config_file, std::env::var_os("MAITRED_CONFIG")) {
+fn config_file(layers: &Layers) -> Result<Option<(PathBuf, &'static str)>, LoadError> {
+    let (path, origin) = match (&layers.file, std::env::var_os("MAITRED_CONFIG")) {
         (Some(p), _) => (p.clone(), "--config"),
         (None, Some(p)) if !p.is_empty() => (PathBuf::from(p), "MAITRED_CONFIG"),
         _ => return Ok(None),
@@ -142,7 +154,7 @@ fn service_links(
     .collect()
 }
 
-pub fn figment(inv: &Invocation, file: Option<&Path>) -> Figment {
+pub fn figment(layers: &Layers, file: Option<&Path>) -> Figment {
     let mut fig = Figment::new().merge(Named {
         name: DEFAULTS,
         inner: Serialized::defaults(Settings::default()),
@@ -163,14 +175,14 @@ pub fn figment(inv: &Invocation, file: Option<&Path>) -> Figment {
     })
     .merge(Named {
         name: COMMAND_LINE,
-        inner: Serialized::defaults(inv.layer.clone()),
+        inner: Serialized::defaults(layers.flags.clone()),
     })
 }
 
-/// Loads, type-checks and validates the settings.
-pub fn load(inv: &Invocation) -> Result<Loaded, LoadError> {
-    let file = config_file(inv)?;
-    let fig = figment(inv, file.as_ref().map(|(p, _)| p.as_path()));
+/// Loads and type-checks the settings and builds the plan from them.
+pub fn load(layers: &Layers) -> Result<Loaded, LoadError> {
+    let file = config_file(layers)?;
+    let fig = figment(layers, file.as_ref().map(|(p, _)| p.as_path()));
     // serde stops at the first unknown field; listing them all up front lets
     // one start-up report every typo.
     let unknown = unknown_keys(&fig);
@@ -181,17 +193,20 @@ pub fn load(inv: &Invocation) -> Result<Loaded, LoadError> {
         problems: e.into_iter().map(|e| render_figment_error(&e)).collect(),
     })?;
 
-    let mut problems: Vec<String> = settings
-        .validate()
-        .into_iter()
-        .map(|p| render_problem(&fig, &p))
-        .collect();
+    let (plan, mut problems) = match Plan::build(&settings) {
+        Ok(plan) => (Some(plan), Vec::new()),
+        Err(found) => (
+            None,
+            found.iter().map(|p| render_problem(&fig, p)).collect(),
+        ),
+    };
     problems.extend(pending_problems(SETTINGS, &settings, &fig));
-    if !problems.is_empty() {
+    let (Some(plan), true) = (plan, problems.is_empty()) else {
         return Err(LoadError { problems });
-    }
+    };
     Ok(Loaded {
         settings,
+        plan,
         figment: fig,
         file: file.map(|(p, _)| p),
         skipped_env: service_links(std::env::vars_os()),
@@ -414,9 +429,29 @@ mod tests {
     use super::*;
     use figment::Jail;
 
-    fn invocation(args: &[&str]) -> Invocation {
-        crate::cli::parse(std::iter::once("maitred").chain(args.iter().copied()))
-            .expect("usage is valid")
+    /// The layers a command line would give: an optional `--config` file
+    /// and flags as `(dotted key, value)`.
+    fn invocation(file: Option<&str>, flags: &[(&str, &str)]) -> Layers {
+        let mut dict = Dict::new();
+        for (key, value) in flags {
+            let mut parts: Vec<&str> = key.split('.').collect();
+            let leaf = parts.pop().expect("a key");
+            let mut table = &mut dict;
+            for part in parts {
+                let entry = table
+                    .entry(part.to_owned())
+                    .or_insert_with(|| Value::from(Dict::new()));
+                let Value::Dict(_, inner) = entry else {
+                    panic!("{part} is a table");
+                };
+                table = inner;
+            }
+            table.insert(leaf.to_owned(), Value::from(*value));
+        }
+        Layers {
+            file: file.map(PathBuf::from),
+            flags: dict,
+        }
     }
 
     #[test]
@@ -429,7 +464,7 @@ mod tests {
             )?;
             jail.set_env("MAITRED_THREADS", "3");
             jail.set_env("MAITRED_IDENT", "env");
-            let inv = invocation(&["--config", "m.toml", "--threads=5"]);
+            let inv = invocation(Some("m.toml"), &[("threads", "5")]);
             let loaded = load(&inv).map_err(|e| e.to_string())?;
             assert_eq!(loaded.settings.threads, 5, "flag beats env");
             assert_eq!(loaded.settings.ident, "env", "env beats file");
@@ -444,7 +479,7 @@ mod tests {
         Jail::expect_with(|jail| {
             jail.clear_env();
             jail.set_env("MAITRED_LIMITS__MAX_REQUEST_BODY_SIZE", "10q");
-            let err = load(&invocation(&[])).expect_err("invalid");
+            let err = load(&invocation(None, &[])).expect_err("invalid");
             let msg = err.to_string();
             assert!(msg.contains("limits.max_request_body_size"), "{msg}");
             assert!(msg.contains("\"10q\""), "{msg}");
@@ -456,7 +491,7 @@ mod tests {
         });
         Jail::expect_with(|jail| {
             jail.clear_env();
-            let err = load(&invocation(&["--threads=0"])).expect_err("invalid");
+            let err = load(&invocation(None, &[("threads", "0")])).expect_err("invalid");
             let msg = err.to_string();
             assert!(msg.contains("threads: must be at least 1"), "{msg}");
             assert!(msg.contains("value 0"), "{msg}");
@@ -470,7 +505,7 @@ mod tests {
         Jail::expect_with(|jail| {
             jail.clear_env();
             jail.create_file("m.toml", "threadz = 2\n[limits]\nmax_request_body = 1\n")?;
-            let err = load(&invocation(&["--config", "m.toml"])).expect_err("unknown");
+            let err = load(&invocation(Some("m.toml"), &[])).expect_err("unknown");
             let msg = err.to_string();
             assert!(msg.contains("threadz: unknown setting"), "{msg}");
             assert!(msg.contains("did you mean `threads`"), "{msg}");
@@ -486,13 +521,13 @@ mod tests {
     fn missing_config_file_is_an_error() {
         Jail::expect_with(|jail| {
             jail.clear_env();
-            let err = load(&invocation(&["--config", "nope.toml"])).expect_err("missing");
+            let err = load(&invocation(Some("nope.toml"), &[])).expect_err("missing");
             assert!(
                 err.to_string()
                     .contains("nope.toml (given by --config) does not exist")
             );
             jail.set_env("MAITRED_CONFIG", "gone.toml");
-            let err = load(&invocation(&[])).expect_err("missing");
+            let err = load(&invocation(None, &[])).expect_err("missing");
             assert!(err.to_string().contains("(given by MAITRED_CONFIG)"));
             Ok(())
         });
@@ -506,7 +541,7 @@ mod tests {
                 status: Status::Pending("some future work"),
                 ..*registry::by_key("threads").expect("threads")
             }];
-            let inv = invocation(&["--threads=8"]);
+            let inv = invocation(None, &[("threads", "8")]);
             let fig = figment(&inv, None);
             let settings: Settings = fig.extract().map_err(|e| e.to_string())?;
             let problems = pending_problems(&pending, &settings, &fig);
@@ -520,7 +555,7 @@ mod tests {
                 problems[0]
             );
 
-            let inv = invocation(&["--threads=4"]);
+            let inv = invocation(None, &[("threads", "4")]);
             let fig = figment(&inv, None);
             let settings: Settings = fig.extract().map_err(|e| e.to_string())?;
             assert!(
@@ -564,11 +599,12 @@ mod tests {
             jail.set_env("MAITRED_PORT_80_TCP_ADDR", "10.0.0.1");
             jail.set_env("MAITRED_SERVICE_HOST", "10.0.0.1");
             jail.set_env("MAITRED_THREADS", "6");
-            let loaded = load(&invocation(&[])).map_err(|e| e.to_string())?;
+            let loaded = load(&invocation(None, &[])).map_err(|e| e.to_string())?;
             assert_eq!(loaded.settings.threads, 6);
             assert_eq!(loaded.skipped_env.len(), 3);
             jail.set_env("MAITRED_PORT", "9000");
-            let err = load(&invocation(&[])).expect_err("a person's MAITRED_PORT is an error");
+            let err =
+                load(&invocation(None, &[])).expect_err("a person's MAITRED_PORT is an error");
             assert!(err.to_string().contains("port: unknown setting"), "{err}");
             assert!(err.to_string().contains("MAITRED_LISTEN"), "{err}");
             Ok(())
@@ -584,7 +620,9 @@ mod tests {
             jail.set_env("MAITRED_LIMITS__INBUF_OVERFLOW", "1MiB");
             jail.set_env("MAITRED_LISTEN", "127.0.0.1:1, 127.0.0.1:2");
             jail.set_env("MAITRED_BIN", "/not/a/setting");
-            let s = load(&invocation(&[])).map_err(|e| e.to_string())?.settings;
+            let s = load(&invocation(None, &[]))
+                .map_err(|e| e.to_string())?
+                .settings;
             assert_eq!(s.ident, "123");
             assert!(s.expose_tracebacks);
             assert_eq!(s.limits.inbuf_overflow.0, 1 << 20);

@@ -1,22 +1,22 @@
-//! Settings: the one typed struct every part of maitred takes its behaviour
-//! from, and the rules that decide whether a combination of values is valid.
+//! Settings: what maitred can be told, in the shape users write it, and
+//! the [`Plan`] they are turned into.
 //!
 //! Loading (defaults < TOML file < `MAITRED_*` environment < flags) lives in
 //! [`load`]; the list of settings with their flags and help text lives in
-//! [`registry`]. This module owns the shape of the settings and their
-//! semantic checks, written as pure functions so they test without a process.
+//! [`registry`]; what `config show/defaults` print lives in [`render`].
+//! [`plan`] checks the loaded settings and parses them, once, into the
+//! typed values the rest of maitred runs on.
 
 pub mod load;
+pub mod plan;
 pub mod registry;
 pub mod render;
 pub mod values;
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
-
 use serde::{Deserialize, Serialize};
 
-pub use load::load;
+pub use load::{Layers, LoadError, Loaded, load};
+pub use plan::Plan;
 use values::{ByteSize, Seconds};
 
 /// Everything maitred can be told. Field names are the TOML keys.
@@ -187,7 +187,6 @@ pub struct Log {
 /// Waitress's default `listen`, kept so `waitress-serve` users get the same
 /// address by default.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
-pub const DEFAULT_PORT: u16 = 8080;
 
 /// Larger request heads are a typo, not a need (browsers send a few KiB).
 pub const MAX_HEADER_SIZE: u64 = 64 << 20;
@@ -297,300 +296,8 @@ impl Problem {
     }
 }
 
-/// Where the server accepts connections, after validation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ListenSpec {
-    /// A host (name, address or `*`) and port, resolved at bind time.
-    Tcp {
-        host: String,
-        port: u16,
-    },
-    Unix {
-        path: PathBuf,
-        perms: u32,
-    },
-}
-
-impl Settings {
-    /// Checks everything that types alone cannot, returning every problem
-    /// found rather than the first, so one start-up shows them all.
-    pub fn validate(&self) -> Vec<Problem> {
-        let mut problems = Vec::new();
-        if self.threads == 0 {
-            problems.push(Problem::new("threads", "must be at least 1"));
-        }
-        if self.threads > 1024 {
-            problems.push(Problem::new("threads", "must be at most 1024"));
-        }
-        if self.workers == 0 || self.workers > MAX_WORKERS {
-            problems.push(Problem::new(
-                "workers",
-                format!("must be between 1 and {MAX_WORKERS}"),
-            ));
-        }
-        if http::HeaderValue::from_str(&self.ident).is_err() || !self.ident.is_ascii() {
-            problems.push(Problem::new(
-                "ident",
-                "must be printable ASCII: it is sent as the Server header",
-            ));
-        }
-        if !matches!(self.url_scheme.as_str(), "http" | "https") {
-            problems.push(Problem::new("url_scheme", "must be `http` or `https`"));
-        }
-        if let Err(e) = parse_octal_perms(&self.unix_socket_perms) {
-            problems.push(Problem::new("unix_socket_perms", e));
-        }
-        if self.unix_socket.is_none() {
-            if self.listen.is_empty() {
-                problems.push(Problem::new(
-                    "listen",
-                    "is empty: give at least one HOST:PORT, or set unix_socket",
-                ));
-            }
-            for entry in &self.listen {
-                if let Err(e) = parse_listen(entry) {
-                    problems.push(Problem::new("listen", e));
-                }
-            }
-        }
-        if !self.ipv4 && !self.ipv6 {
-            problems.push(Problem::new("ipv4", "ipv4 and ipv6 cannot both be off"));
-        }
-        if self.backlog == 0 {
-            problems.push(Problem::new("backlog", "must be at least 1"));
-        }
-        if let Some(app) = &self.app {
-            if let Err(e) = parse_app_target(app) {
-                problems.push(Problem::new("app", e));
-            }
-        }
-        let limits = &self.limits;
-        if limits.max_request_header_size.0 < 64 {
-            problems.push(Problem::new(
-                "limits.max_request_header_size",
-                "must be at least 64 bytes: no request line fits in less",
-            ));
-        }
-        if limits.max_request_header_size.0 > MAX_HEADER_SIZE {
-            problems.push(Problem::new(
-                "limits.max_request_header_size",
-                format!("must be at most {}", values::ByteSize(MAX_HEADER_SIZE)),
-            ));
-        }
-        if limits.max_request_headers == 0 || limits.max_request_headers > 10_000 {
-            problems.push(Problem::new(
-                "limits.max_request_headers",
-                "must be between 1 and 10000",
-            ));
-        }
-        if limits.connection_limit == 0 || limits.connection_limit > MAX_CONNECTION_LIMIT {
-            problems.push(Problem::new(
-                "limits.connection_limit",
-                format!("must be between 1 and {MAX_CONNECTION_LIMIT}"),
-            ));
-        }
-        if limits.outbuf_high_watermark.0 == 0 {
-            problems.push(Problem::new(
-                "limits.outbuf_high_watermark",
-                "must be at least 1 byte",
-            ));
-        }
-        let timeouts = [
-            ("limits.channel_timeout", Some(limits.channel_timeout)),
-            ("limits.header_timeout", Some(limits.header_timeout)),
-            ("limits.body_timeout", Some(limits.body_timeout)),
-            ("limits.request_timeout", limits.request_timeout),
-            ("graceful_timeout", Some(self.graceful_timeout)),
-        ];
-        for (key, value) in timeouts {
-            if value.is_some_and(|t| t.0.is_zero() || t.0 > MAX_TIMEOUT) {
-                problems.push(Problem::new(
-                    key,
-                    "must be longer than 0s and at most 7 days",
-                ));
-            }
-        }
-        if self.shutdown_delay.0 > MAX_TIMEOUT {
-            problems.push(Problem::new("shutdown_delay", "must be at most 7 days"));
-        }
-        if limits.max_queue == 0 || limits.max_queue > MAX_CONNECTION_LIMIT {
-            problems.push(Problem::new(
-                "limits.max_queue",
-                format!("must be between 1 and {MAX_CONNECTION_LIMIT}"),
-            ));
-        }
-        for entry in &self.admin_listen {
-            if let Err(e) = parse_listen(entry) {
-                problems.push(Problem::new("admin_listen", e));
-            }
-        }
-        if let Err(proxy_problems) =
-            crate::proxy::ProxyConfig::from_settings(&self.proxy, &self.url_scheme)
-        {
-            problems.extend(
-                proxy_problems
-                    .into_iter()
-                    .map(|(key, message)| Problem { key, message }),
-            );
-        }
-        let pp = &self.proxy_protocol;
-        if let Err(e) = crate::proxy::TrustList::parse(&pp.trusted) {
-            problems.push(Problem::new("proxy_protocol.trusted", e));
-        }
-        if !pp.listen.is_empty() && pp.trusted.is_empty() {
-            problems.push(Problem::new(
-                "proxy_protocol.trusted",
-                "is empty: list the load balancers allowed to send PROXY headers (or `*`)",
-            ));
-        }
-        for entry in &pp.listen {
-            if let Err(e) = parse_listen(entry) {
-                problems.push(Problem::new("proxy_protocol.listen", e));
-            }
-        }
-        if self.url_prefix_strict && self.script_name().is_empty() {
-            problems.push(Problem::new(
-                "url_prefix_strict",
-                "needs a url_prefix: with none every path is inside it",
-            ));
-        }
-        if !matches!(self.log.format.as_str(), "text" | "json") {
-            problems.push(Problem::new("log.format", "must be `text` or `json`"));
-        }
-        if crate::access::Format::parse(&self.log.access_format).is_none() {
-            problems.push(Problem::new(
-                "log.access_format",
-                "must be `combined` or `json`",
-            ));
-        }
-        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
-            problems.push(Problem::new(
-                "log.level",
-                format!("is not a level or filter: {e}"),
-            ));
-        }
-        problems
-    }
-
-    /// The listeners to bind. Call only after [`Settings::validate`] passed.
-    pub fn listen_specs(&self) -> Vec<ListenSpec> {
-        if let Some(path) = &self.unix_socket {
-            let perms = parse_octal_perms(&self.unix_socket_perms).unwrap_or(0o600);
-            return vec![ListenSpec::Unix {
-                path: PathBuf::from(path),
-                perms,
-            }];
-        }
-        let mut specs: Vec<ListenSpec> = Vec::new();
-        for entry in &self.listen {
-            if let Ok((host, port)) = parse_listen(entry) {
-                let spec = ListenSpec::Tcp { host, port };
-                if !specs.contains(&spec) {
-                    specs.push(spec);
-                }
-            }
-        }
-        specs
-    }
-
-    /// `url_prefix` normalised as Waitress does: one leading slash, no
-    /// trailing slash, empty for the root.
-    pub fn script_name(&self) -> String {
-        normalize_prefix(&self.url_prefix)
-    }
-}
-
-/// Splits a `listen` entry into host and port. Accepts `host:port`,
-/// `[v6]:port`, `*:port`, a bare host (port 8080) and a bare `:port`.
-pub fn parse_listen(entry: &str) -> Result<(String, u16), String> {
-    let entry = entry.trim();
-    let bad = |why: &str| format!("`{entry}` is not a valid listen address: {why}");
-    if entry.is_empty() {
-        return Err(bad("it is empty"));
-    }
-    let (host, port) = if let Some(rest) = entry.strip_prefix('[') {
-        let (host, after) = rest
-            .split_once(']')
-            .ok_or_else(|| bad("an IPv6 address needs a closing `]`"))?;
-        if host.parse::<std::net::Ipv6Addr>().is_err() {
-            return Err(bad("the part in brackets is not an IPv6 address"));
-        }
-        match after {
-            "" => (host.to_owned(), None),
-            _ => match after.strip_prefix(':') {
-                Some(port) => (host.to_owned(), Some(port)),
-                None => return Err(bad("expected `:PORT` after the `]`")),
-            },
-        }
-    } else if entry.matches(':').count() > 1 {
-        return Err(bad("write IPv6 addresses in brackets, as [::1]:8080"));
-    } else {
-        match entry.split_once(':') {
-            Some((host, port)) => (host.to_owned(), Some(port)),
-            None => (entry.to_owned(), None),
-        }
-    };
-    let port = match port {
-        None => DEFAULT_PORT,
-        Some(p) => p
-            .parse::<u16>()
-            .map_err(|_| bad("the port must be a number from 0 to 65535"))?,
-    };
-    let host = if host.is_empty() {
-        "0.0.0.0".to_owned()
-    } else {
-        host
-    };
-    Ok((host, port))
-}
-
-/// Renders a bound address the way users type it.
-pub fn display_addr(addr: &SocketAddr) -> String {
-    match addr {
-        SocketAddr::V4(a) => a.to_string(),
-        SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
-    }
-}
-
-pub fn parse_octal_perms(text: &str) -> Result<u32, String> {
-    let digits = text.trim().trim_start_matches("0o");
-    match u32::from_str_radix(digits, 8) {
-        Ok(mode) if mode <= 0o7777 && !digits.is_empty() => Ok(mode),
-        _ => Err(format!(
-            "`{text}` is not an octal file mode such as 600 or 660"
-        )),
-    }
-}
-
-/// Validates `module:callable` (or Waitress's `module.callable`) syntax.
-pub fn parse_app_target(target: &str) -> Result<(String, String), String> {
-    let ident_path = |s: &str| {
-        !s.is_empty()
-            && s.split('.').all(|part| {
-                let mut chars = part.chars();
-                matches!(chars.next(), Some(c) if c.is_alphabetic() || c == '_')
-                    && chars.all(|c| c.is_alphanumeric() || c == '_')
-            })
-    };
-    let (module, attr) = match target.split_once(':') {
-        Some((m, a)) => (m, a),
-        None => match target.rsplit_once('.') {
-            Some((m, a)) => (m, a),
-            None => {
-                return Err(format!(
-                    "`{target}` is not an app target: write MODULE:CALLABLE, e.g. myapp.wsgi:application"
-                ));
-            }
-        },
-    };
-    if !ident_path(module) || !ident_path(attr) {
-        return Err(format!(
-            "`{target}` is not an app target: write MODULE:CALLABLE with Python dotted names, e.g. myapp.wsgi:application"
-        ));
-    }
-    Ok((module.to_owned(), attr.to_owned()))
-}
-
+/// `url_prefix` normalised as Waitress does: one leading slash, no
+/// trailing slash, empty for the root.
 pub fn normalize_prefix(prefix: &str) -> String {
     let trimmed = prefix.trim_matches('/');
     if trimmed.is_empty() {
@@ -605,96 +312,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn defaults_are_valid_and_match_waitress() {
+    fn defaults_match_waitress() {
         let s = Settings::default();
-        assert!(s.validate().is_empty(), "{:?}", s.validate());
         assert_eq!(s.threads, 4);
+        assert_eq!(s.listen, vec![DEFAULT_LISTEN]);
         assert_eq!(s.limits.connection_limit, 100);
         assert_eq!(s.limits.inbuf_overflow, ByteSize(524_288));
         assert_eq!(s.limits.outbuf_high_watermark, ByteSize(16_777_216));
         assert_eq!(s.limits.max_request_header_size, ByteSize(262_144));
         assert_eq!(s.limits.max_request_body_size, ByteSize(1_073_741_824));
-        assert_eq!(
-            s.listen_specs(),
-            vec![ListenSpec::Tcp {
-                host: "0.0.0.0".into(),
-                port: 8080
-            }]
-        );
-    }
-
-    #[test]
-    fn listen_entries() {
-        assert_eq!(parse_listen("127.0.0.1:0"), Ok(("127.0.0.1".into(), 0)));
-        assert_eq!(parse_listen("[::1]:9000"), Ok(("::1".into(), 9000)));
-        assert_eq!(parse_listen("[::]"), Ok(("::".into(), 8080)));
-        assert_eq!(parse_listen("*:80"), Ok(("*".into(), 80)));
-        assert_eq!(parse_listen("localhost"), Ok(("localhost".into(), 8080)));
-        assert_eq!(parse_listen(":81"), Ok(("0.0.0.0".into(), 81)));
-        assert!(parse_listen("::1:80").unwrap_err().contains("brackets"));
-        assert!(parse_listen("host:http").unwrap_err().contains("port"));
-        assert!(parse_listen("[nope]:80").is_err());
-        assert!(parse_listen("host:70000").is_err());
-    }
-
-    #[test]
-    fn duplicate_listeners_collapse() {
-        let s = Settings {
-            listen: vec!["127.0.0.1:80".into(), "127.0.0.1:80".into()],
-            ..Settings::default()
-        };
-        assert_eq!(s.listen_specs().len(), 1);
-    }
-
-    #[test]
-    fn unix_socket_replaces_tcp() {
-        let s = Settings {
-            unix_socket: Some("/tmp/x.sock".into()),
-            unix_socket_perms: "660".into(),
-            ..Settings::default()
-        };
-        assert_eq!(
-            s.listen_specs(),
-            vec![ListenSpec::Unix {
-                path: "/tmp/x.sock".into(),
-                perms: 0o660
-            }]
-        );
-    }
-
-    #[test]
-    fn semantic_problems_name_their_key() {
-        let s = Settings {
-            threads: 0,
-            url_scheme: "ftp".into(),
-            unix_socket_perms: "9x".into(),
-            ident: "caf\u{e9}".into(),
-            ..Settings::default()
-        };
-        let keys: Vec<_> = s.validate().iter().map(|p| p.key).collect();
-        assert_eq!(
-            keys,
-            vec!["threads", "ident", "url_scheme", "unix_socket_perms"]
-        );
-    }
-
-    #[test]
-    fn app_targets() {
-        assert_eq!(
-            parse_app_target("pkg.mod:app"),
-            Ok(("pkg.mod".into(), "app".into()))
-        );
-        assert_eq!(
-            parse_app_target("pkg.mod.app"),
-            Ok(("pkg.mod".into(), "app".into()))
-        );
-        assert_eq!(
-            parse_app_target("mod:factory.attr"),
-            Ok(("mod".into(), "factory.attr".into()))
-        );
-        assert!(parse_app_target("app").is_err());
-        assert!(parse_app_target("my-app:app").is_err());
-        assert!(parse_app_target("mod:").is_err());
     }
 
     #[test]
@@ -704,13 +330,5 @@ mod tests {
         assert_eq!(normalize_prefix("/"), "");
         assert_eq!(normalize_prefix(""), "");
         assert_eq!(normalize_prefix("/a/b"), "/a/b");
-    }
-
-    #[test]
-    fn octal_modes() {
-        assert_eq!(parse_octal_perms("600"), Ok(0o600));
-        assert_eq!(parse_octal_perms("0o660"), Ok(0o660));
-        assert!(parse_octal_perms("800").is_err());
-        assert!(parse_octal_perms("").is_err());
     }
 }

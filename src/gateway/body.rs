@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 
 use super::record::Record;
 use crate::connection::RequestGuard;
-use crate::wsgi::outbuf::{Next, Outbuf, Stop};
+use crate::wsgi::outbuf::{Next, Outbuf, Overrun, Stop};
 use crate::wsgi::{DeferredClose, FileBody};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -33,7 +33,8 @@ pub struct ResponseBody {
     /// Declared length still to send, when one was declared.
     remaining: Option<u64>,
     declared: u64,
-    truncated: bool,
+    /// For bodies without an outbuf (which carries its own).
+    overrun: Overrun,
     /// An error waiting for hyper to flush what came before it (see
     /// `poll_frame`).
     failure: Option<BodyError>,
@@ -98,7 +99,7 @@ impl ResponseBody {
             source,
             remaining: declared,
             declared: declared.unwrap_or(0),
-            truncated: false,
+            overrun: Overrun::default(),
             failure: None,
             uri,
             guard: None,
@@ -217,22 +218,13 @@ impl http_body::Body for ResponseBody {
                     if let Some(remaining) = &mut this.remaining {
                         if data.len() as u64 > *remaining {
                             data.truncate(*remaining as usize);
-                            // A stream shares the once-only flag with its
-                            // producer, which may notice the excess first.
-                            let first = match &this.source {
-                                Source::Stream(s) => s.outbuf.first_truncation(),
-                                _ => !this.truncated,
+                            // A stream shares the warning with its producer,
+                            // which may notice the excess first.
+                            let overrun = match &this.source {
+                                Source::Stream(s) => &s.outbuf.overrun,
+                                _ => &this.overrun,
                             };
-                            if first {
-                                this.truncated = true;
-                                tracing::warn!(
-                                    "application-written content exceeded the number of bytes \
-                                     specified by Content-Length header ({}) while serving {}; \
-                                     the rest is dropped",
-                                    this.declared,
-                                    this.uri
-                                );
-                            }
+                            overrun.warn(this.declared, &this.uri);
                         }
                         *remaining -= data.len() as u64;
                         if *remaining == 0 {

@@ -7,10 +7,12 @@
 use http::header::{CONNECTION, CONTENT_TYPE, HOST};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Version};
 
+use crate::metrics::LabelSet;
+
 /// Why maitred answers a request itself; each reason has one status. The
 /// labels are those of `maitred_gateway_responses_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
+pub enum GatewayReason {
     /// A malformed request (head, body framing or forwarding header).
     BadRequest,
     /// A path outside `url_prefix` with `url_prefix_strict`.
@@ -38,85 +40,107 @@ pub enum Refusal {
     RequestTimeout,
 }
 
-impl Refusal {
-    pub const ALL: [Refusal; 12] = [
-        Refusal::BadRequest,
-        Refusal::OutsidePrefix,
-        Refusal::MethodNotAllowed,
-        Refusal::BodyTimeout,
-        Refusal::BodyTooLarge,
-        Refusal::UriTooLong,
-        Refusal::HeadersTooLarge,
-        Refusal::AppError,
-        Refusal::InternalError,
-        Refusal::QueueFull,
-        Refusal::ShuttingDown,
-        Refusal::RequestTimeout,
+impl GatewayReason {
+    pub const ALL: [GatewayReason; 12] = [
+        GatewayReason::BadRequest,
+        GatewayReason::OutsidePrefix,
+        GatewayReason::MethodNotAllowed,
+        GatewayReason::BodyTimeout,
+        GatewayReason::BodyTooLarge,
+        GatewayReason::UriTooLong,
+        GatewayReason::HeadersTooLarge,
+        GatewayReason::AppError,
+        GatewayReason::InternalError,
+        GatewayReason::QueueFull,
+        GatewayReason::ShuttingDown,
+        GatewayReason::RequestTimeout,
     ];
 
     pub fn status(self) -> StatusCode {
         match self {
-            Refusal::BadRequest => StatusCode::BAD_REQUEST,
-            Refusal::OutsidePrefix => StatusCode::NOT_FOUND,
-            Refusal::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Refusal::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            Refusal::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Refusal::UriTooLong => StatusCode::URI_TOO_LONG,
-            Refusal::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            Refusal::AppError | Refusal::InternalError => StatusCode::INTERNAL_SERVER_ERROR,
-            Refusal::QueueFull | Refusal::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
-            Refusal::RequestTimeout => StatusCode::GATEWAY_TIMEOUT,
+            GatewayReason::BadRequest => StatusCode::BAD_REQUEST,
+            GatewayReason::OutsidePrefix => StatusCode::NOT_FOUND,
+            GatewayReason::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            GatewayReason::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            GatewayReason::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayReason::UriTooLong => StatusCode::URI_TOO_LONG,
+            GatewayReason::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            GatewayReason::AppError | GatewayReason::InternalError => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+            GatewayReason::QueueFull | GatewayReason::ShuttingDown => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            GatewayReason::RequestTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
     pub fn label(self) -> &'static str {
         match self {
-            Refusal::BadRequest => "bad_request",
-            Refusal::OutsidePrefix => "outside_prefix",
-            Refusal::MethodNotAllowed => "method_not_allowed",
-            Refusal::BodyTimeout => "body_timeout",
-            Refusal::BodyTooLarge => "body_too_large",
-            Refusal::UriTooLong => "uri_too_long",
-            Refusal::HeadersTooLarge => "headers_too_large",
-            Refusal::AppError => "app_error",
-            Refusal::InternalError => "internal_error",
-            Refusal::QueueFull => "queue_full",
-            Refusal::ShuttingDown => "shutting_down",
-            Refusal::RequestTimeout => "request_timeout",
+            GatewayReason::BadRequest => "bad_request",
+            GatewayReason::OutsidePrefix => "outside_prefix",
+            GatewayReason::MethodNotAllowed => "method_not_allowed",
+            GatewayReason::BodyTimeout => "body_timeout",
+            GatewayReason::BodyTooLarge => "body_too_large",
+            GatewayReason::UriTooLong => "uri_too_long",
+            GatewayReason::HeadersTooLarge => "headers_too_large",
+            GatewayReason::AppError => "app_error",
+            GatewayReason::InternalError => "internal_error",
+            GatewayReason::QueueFull => "queue_full",
+            GatewayReason::ShuttingDown => "shutting_down",
+            GatewayReason::RequestTimeout => "request_timeout",
         }
+    }
+
+    /// Counts one response maitred wrote itself for this reason.
+    pub fn count(self) {
+        crate::metrics::get().gateway_responses.inc(self);
     }
 
     /// What hyper answered on its own when it could not parse a request
     /// head (it writes those responses itself), if it answered at all.
-    pub fn of_parse_error(err: &hyper::Error) -> Option<Refusal> {
+    pub fn of_parse_error(err: &hyper::Error) -> Option<GatewayReason> {
         if !err.is_parse() || err.is_parse_version_h2() || err.is_parse_status() {
             return None;
         }
         if err.is_parse_too_large() {
             // hyper has no accessor telling the two apart; its message does.
             return Some(if err.to_string().contains("URI") {
-                Refusal::UriTooLong
+                GatewayReason::UriTooLong
             } else {
-                Refusal::HeadersTooLarge
+                GatewayReason::HeadersTooLarge
             });
         }
-        Some(Refusal::BadRequest)
+        Some(GatewayReason::BadRequest)
+    }
+}
+
+impl LabelSet for GatewayReason {
+    const COUNT: usize = GatewayReason::ALL.len();
+    fn all() -> Vec<Self> {
+        GatewayReason::ALL.to_vec()
+    }
+    fn index(self) -> usize {
+        self as usize
+    }
+    fn label_values(self) -> Vec<String> {
+        vec![self.label().to_owned(), self.status().as_str().to_owned()]
     }
 }
 
 /// A response maitred gives instead of calling the app.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rejection {
-    pub reason: Refusal,
+pub struct GatewayResponse {
+    pub reason: GatewayReason,
     pub status: StatusCode,
     pub detail: String,
     /// Seconds for a `Retry-After` header (503).
     pub retry_after: Option<u32>,
 }
 
-impl Rejection {
-    pub fn new(reason: Refusal, detail: impl Into<String>) -> Self {
-        Rejection {
+impl GatewayResponse {
+    pub fn new(reason: GatewayReason, detail: impl Into<String>) -> Self {
+        GatewayResponse {
             reason,
             status: reason.status(),
             detail: detail.into(),
@@ -138,20 +162,20 @@ pub fn check_head(
     headers: &HeaderMap,
     declared_body: Option<u64>,
     max_body: u64,
-) -> Result<(), Rejection> {
+) -> Result<(), GatewayResponse> {
     // Methods are case-sensitive tokens; Waitress refuses lower-case ones
     // because `get` is nearly always a broken client, not an extension.
     if method.as_str().bytes().any(|b| b.is_ascii_lowercase()) {
-        return Err(Rejection::new(
-            Refusal::BadRequest,
+        return Err(GatewayResponse::new(
+            GatewayReason::BadRequest,
             format!("Malformed HTTP method \"{}\"", method.as_str()),
         ));
     }
     // A 2xx answer to CONNECT turns the connection into a tunnel, which a
     // WSGI app cannot serve (Waitress passes it on and garbles PATH_INFO).
     if method == Method::CONNECT {
-        return Err(Rejection::new(
-            Refusal::MethodNotAllowed,
+        return Err(GatewayResponse::new(
+            GatewayReason::MethodNotAllowed,
             "CONNECT is not supported by a WSGI server",
         ));
     }
@@ -159,8 +183,8 @@ pub fn check_head(
     // disagree about the request; RFC 9112 §3.2 requires a 400 for Host.
     for name in [HOST, CONTENT_TYPE] {
         if headers.get_all(&name).iter().nth(1).is_some() {
-            return Err(Rejection::new(
-                Refusal::BadRequest,
+            return Err(GatewayResponse::new(
+                GatewayReason::BadRequest,
                 format!("Duplicate header: {}", title_case(name.as_str())),
             ));
         }
@@ -173,9 +197,9 @@ pub fn check_head(
     Ok(())
 }
 
-pub fn body_too_large(max_body: u64) -> Rejection {
-    Rejection::new(
-        Refusal::BodyTooLarge,
+pub fn body_too_large(max_body: u64) -> GatewayResponse {
+    GatewayResponse::new(
+        GatewayReason::BodyTooLarge,
         format!("exceeds max_body of {max_body}"),
     )
 }

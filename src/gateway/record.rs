@@ -13,6 +13,7 @@ use http::request::Parts;
 
 use crate::access::{AccessLog, Entry};
 use crate::metrics::{self, Exchange};
+use crate::scheme::Scheme;
 use crate::wsgi::environ::Peer;
 
 pub struct Record {
@@ -35,14 +36,11 @@ struct Pending {
 
 impl Record {
     /// Starts the record of a request whose head hyper has just parsed.
-    pub fn begin(
-        parts: &Parts,
-        peer: &Peer,
-        default_scheme: &str,
-        log: Option<&AccessLog>,
-    ) -> Record {
+    /// `scheme` is the request's unless trusted proxies say otherwise
+    /// (see [`Record::forwarded`]).
+    pub fn begin(parts: &Parts, peer: &Peer, scheme: Scheme, log: Option<&AccessLog>) -> Record {
         let exchange =
-            metrics::get().exchange(parts.method.as_str(), parts.version, default_scheme);
+            metrics::get().exchange(parts.method.as_str(), parts.version, scheme.as_str());
         let access = log.map(|log| {
             let peer_ip = match peer {
                 Peer::Tcp { remote, .. } => Some(remote.ip()),
@@ -73,9 +71,9 @@ impl Record {
     }
 
     /// What trusted proxies said about the client and the scheme.
-    pub fn forwarded(&mut self, client: Option<&str>, scheme: Option<&str>) {
+    pub fn forwarded(&mut self, client: Option<&str>, scheme: Option<Scheme>) {
         if let (Some(scheme), Some(exchange)) = (scheme, &mut self.exchange) {
-            exchange.set_scheme(scheme);
+            exchange.set_scheme(scheme.as_str());
         }
         if let (Some(pending), Some(client)) = (&mut self.access, client) {
             pending.entry.client = client.to_owned();
@@ -152,10 +150,10 @@ mod tests {
             .expect("request")
             .into_parts();
         let peer = Peer::Unix;
-        drop(Record::begin(&parts, &peer, "http", None));
+        drop(Record::begin(&parts, &peer, Scheme::Http, None));
         assert_eq!(count(&metrics::get().render(), series), before + 1.0);
         // A finished one is not counted again when dropped.
-        let finished = Record::begin(&parts, &peer, "http", None);
+        let finished = Record::begin(&parts, &peer, Scheme::Http, None);
         finished.finish(StatusCode::NO_CONTENT, 0);
         assert_eq!(count(&metrics::get().render(), series), before + 1.0);
     }

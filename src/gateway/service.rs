@@ -6,7 +6,7 @@ use std::convert::Infallible;
 use std::io::{Seek, SeekFrom};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{
@@ -21,32 +21,24 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::oneshot;
 
 use super::body::ResponseBody;
-use super::policy::{self, Refusal, Rejection};
+use super::policy::{self, GatewayReason, GatewayResponse};
 use super::record::Record;
 use crate::access::AccessLog;
-use crate::connection::RequestGuard;
-use crate::metrics::{self, ProxyHeaderFate};
-use crate::proxy::{HeaderSet, Outcome, ProxyConfig};
-use crate::wsgi::environ::{self, EnvironConfig, Head, Peer};
-use crate::wsgi::{AppBody, Call, Pool, Refused, Reply, RequestBody};
+use crate::config::plan::{EnvironPlan, GatewayPlan};
+use crate::connection::{RequestGuard, TimedOut};
+use crate::metrics;
+use crate::proxy::{Disbelief, HeaderSet, ProxyVerdict};
+use crate::wsgi::environ::{self, Peer, RequestHead};
+use crate::wsgi::{AppBody, Call, Pool, Reply, RequestBody, SubmitError};
 
 /// What every request on every connection shares.
 pub struct Shared {
     pub pool: Pool,
     pub health: Health,
-    /// Longest pause between two body frames.
-    pub body_timeout: Duration,
-    /// Longest a request may take to get its response head from the app.
-    pub request_timeout: Option<Duration>,
-    pub environ: EnvironConfig,
-    pub proxy: ProxyConfig,
-    /// 404 for paths outside `url_prefix`.
-    pub url_prefix_strict: bool,
-    pub max_body: u64,
-    pub inbuf_overflow: usize,
-    /// `Server` header value; `None` when `ident` is empty.
-    pub server: Option<HeaderValue>,
-    pub ident: String,
+    /// The rules from the settings.
+    pub plan: GatewayPlan,
+    /// The scheme and mount point requests are judged by.
+    pub environ: EnvironPlan,
     /// The access log's writer, when `log.access` is on.
     pub access: Option<AccessLog>,
 }
@@ -64,12 +56,7 @@ pub async fn handle(
     guard: RequestGuard,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let (parts, body) = req.into_parts();
-    let mut record = Record::begin(
-        &parts,
-        &peer,
-        &shared.proxy.default_scheme,
-        shared.access.as_ref(),
-    );
+    let mut record = Record::begin(&parts, &peer, shared.environ.scheme, shared.access.as_ref());
     let mut response = serve_request(parts, body, &shared, peer, &mut record).await;
     // The connection is busy, and the request's record open, until the
     // response body has been sent (or dropped): both travel with the body.
@@ -89,21 +76,21 @@ async fn serve_request(
     let shared = &**shared;
     let framed = has_body(&parts);
     let declared = body.size_hint().exact().filter(|_| framed);
-    if let Err(rejection) =
-        policy::check_head(&parts.method, &parts.headers, declared, shared.max_body)
-    {
-        return reject(shared, parts.version, rejection);
+    if let Err(refused) = policy::check_head(
+        &parts.method,
+        &parts.headers,
+        declared,
+        shared.plan.max_body,
+    ) {
+        return reject(shared, parts.version, refused);
     }
     // Forwarding headers are judged before the body is read: a malformed
     // one from a trusted proxy refuses the request as a whole.
-    let outcome = match forwarding(&shared.proxy, &peer, &parts.headers) {
-        Ok(outcome) => outcome,
-        Err(rejection) => return reject(shared, parts.version, rejection),
+    let verdict = match forwarding(shared, &peer, &parts.headers) {
+        Ok(verdict) => verdict,
+        Err(refused) => return reject(shared, parts.version, refused),
     };
-    record.forwarded(
-        outcome.remote_addr.as_deref(),
-        outcome.url_scheme.as_deref(),
-    );
+    record.forwarded(verdict.remote_addr.as_deref(), verdict.url_scheme);
     // A body's reading state lives on the heap, so requests without one
     // (most) carry a smaller future.
     let received = if body.is_end_stream() {
@@ -117,18 +104,18 @@ async fn serve_request(
     };
     let received = match received {
         Ok(received) => received,
-        Err(rejection) => return reject(shared, parts.version, rejection),
+        Err(refused) => return reject(shared, parts.version, refused),
     };
     record.request_body(received.len);
-    let head = Head {
+    let head = RequestHead {
         method: parts.method.as_str(),
         uri: &parts.uri,
         version: parts.version,
         headers: &parts.headers,
         body_len: received.framed.then_some(received.len),
     };
-    let cgi = environ::cgi_vars(&head, &peer, &shared.environ, &outcome);
-    if shared.url_prefix_strict && cgi.outside_prefix {
+    let cgi = environ::cgi_vars(&head, &peer, &shared.environ, &verdict);
+    if shared.plan.url_prefix_strict && cgi.outside_prefix {
         let detail = format!(
             "The path is outside the application's mount point {}",
             shared.environ.script_name
@@ -136,7 +123,7 @@ async fn serve_request(
         return reject(
             shared,
             parts.version,
-            Rejection::new(Refusal::OutsidePrefix, detail),
+            GatewayResponse::new(GatewayReason::OutsidePrefix, detail),
         );
     }
     let (tx, rx) = oneshot::channel();
@@ -150,39 +137,41 @@ async fn serve_request(
     };
     match shared.pool.submit(call) {
         Ok(()) => {}
-        Err(Refused::QueueFull) => {
+        Err(SubmitError::QueueFull) => {
             let detail = "All threads are busy and the queue is full; retry shortly";
-            let rejection = Rejection::new(Refusal::QueueFull, detail).retry_after(1);
-            return reject(shared, parts.version, rejection);
+            let refused = GatewayResponse::new(GatewayReason::QueueFull, detail).retry_after(1);
+            return reject(shared, parts.version, refused);
         }
-        Err(Refused::Stopped) => {
-            let rejection = Rejection::new(Refusal::ShuttingDown, "The server is shutting down");
-            return reject(shared, parts.version, rejection);
+        Err(SubmitError::Stopped) => {
+            let refused =
+                GatewayResponse::new(GatewayReason::ShuttingDown, "The server is shutting down");
+            return reject(shared, parts.version, refused);
         }
     }
-    let reply = match shared.request_timeout {
+    let reply = match shared.plan.request_timeout {
         None => rx.await,
         // Boxed: the timer is only there when request_timeout is set, and
         // inline it would enlarge every request's future.
-        Some(limit) => match Box::pin(tokio::time::timeout(limit, rx)).await {
+        Some(limit) => match Box::pin(tokio::time::timeout(limit.after, rx)).await {
             Ok(reply) => reply,
             Err(_) => {
                 // Dropping `rx` tells the worker: a request still queued is
                 // skipped; one running finishes unheard and is closed.
                 tracing::warn!(
-                    "{} got no response within request_timeout ({}s): answered 504; \
+                    "{} got no response within {} ({}s): answered 504; \
                      the Python thread running it continues until the app returns",
                     parts.uri,
-                    limit.as_secs_f64()
+                    limit.name,
+                    limit.after.as_secs_f64()
                 );
                 let detail = format!(
                     "The application did not respond within {}s",
-                    limit.as_secs_f64()
+                    limit.after.as_secs_f64()
                 );
                 return reject(
                     shared,
                     parts.version,
-                    Rejection::new(Refusal::RequestTimeout, detail),
+                    GatewayResponse::new(GatewayReason::RequestTimeout, detail),
                 );
             }
         },
@@ -195,8 +184,8 @@ async fn serve_request(
             return reject(
                 shared,
                 parts.version,
-                Rejection::new(
-                    Refusal::InternalError,
+                GatewayResponse::new(
+                    GatewayReason::InternalError,
                     "The server encountered an unexpected internal server error",
                 ),
             );
@@ -207,10 +196,11 @@ async fn serve_request(
 
 /// Applies the trusted-proxy rules, logging what Waitress logs.
 fn forwarding(
-    proxy: &ProxyConfig,
+    shared: &Shared,
     peer: &Peer,
     headers: &http::HeaderMap,
-) -> Result<Outcome, Rejection> {
+) -> Result<ProxyVerdict, GatewayResponse> {
+    let proxy = &shared.plan.proxy;
     let peer_ip = match peer {
         Peer::Tcp { remote, .. } => Some(remote.ip()),
         Peer::Unix => None,
@@ -219,31 +209,33 @@ fn forwarding(
     let present = HeaderSet::present_in(headers);
     if !present.is_empty() {
         let (ignored, trusted_peer) = proxy.disbelieved(peer_ip, present);
-        let fate = if trusted_peer {
-            ProxyHeaderFate::NotListed
+        let why = if trusted_peer {
+            Disbelief::NotListed
         } else {
-            ProxyHeaderFate::UntrustedPeer
+            Disbelief::UntrustedPeer
         };
         for h in ignored.iter() {
-            metrics::get().proxy_header_rejected(h, fate);
+            metrics::get().proxy_headers_rejected.inc((h, why));
         }
     }
-    match proxy.outcome(peer_ip, headers) {
-        Ok(outcome) => {
-            if proxy.log_untrusted && !outcome.removed_present.is_empty() {
+    match proxy.verdict(peer_ip, headers, shared.environ.scheme) {
+        Ok(verdict) => {
+            if proxy.log_untrusted && !verdict.removed_present.is_empty() {
                 tracing::warn!(
                     "Removed untrusted headers ({}). Untrusted remote IP: {}",
-                    crate::proxy::names(outcome.removed_present),
+                    crate::proxy::names(verdict.removed_present),
                     shown()
                 );
             }
-            for note in &outcome.notes {
+            for note in &verdict.notes {
                 tracing::warn!("{note} (from {})", shown());
             }
-            Ok(outcome)
+            Ok(verdict)
         }
         Err(m) => {
-            metrics::get().proxy_header_rejected(m.source(), ProxyHeaderFate::Malformed);
+            metrics::get()
+                .proxy_headers_rejected
+                .inc((m.source(), Disbelief::Malformed));
             tracing::warn!(
                 "Malformed proxy header \"{}\" from \"{}\": {} value: {}",
                 m.header,
@@ -251,7 +243,7 @@ fn forwarding(
                 m.reason,
                 m.value
             );
-            Err(Rejection::new(Refusal::BadRequest, m.detail()))
+            Err(GatewayResponse::new(GatewayReason::BadRequest, m.detail()))
         }
     }
 }
@@ -271,7 +263,12 @@ struct Received {
 /// Reads the whole body, in memory up to `inbuf_overflow` and in an
 /// anonymous temporary file beyond, enforcing `max_request_body_size` as
 /// bytes arrive (so a chunked upload cannot grow past it).
-async fn receive(mut body: Incoming, framed: bool, shared: &Shared) -> Result<Received, Rejection> {
+async fn receive(
+    mut body: Incoming,
+    framed: bool,
+    shared: &Shared,
+) -> Result<Received, GatewayResponse> {
+    let plan = &shared.plan;
     // The first piece is kept as hyper hands it over (no copy); a body in
     // several pieces is gathered in `memory`.
     let mut first: Option<Bytes> = None;
@@ -279,28 +276,23 @@ async fn receive(mut body: Incoming, framed: bool, shared: &Shared) -> Result<Re
     let mut spool: Option<tokio::fs::File> = None;
     let mut len: u64 = 0;
     loop {
-        let frame = match tokio::time::timeout(shared.body_timeout, body.frame()).await {
+        let frame = match tokio::time::timeout(plan.body_timeout.after, body.frame()).await {
             Ok(Some(frame)) => frame,
             Ok(None) => break,
-            Err(_) => {
-                return Err(Rejection::new(
-                    Refusal::BodyTimeout,
-                    "The request body stopped arriving (body_timeout)",
-                ));
-            }
+            Err(_) => return Err(body_stopped(plan.body_timeout.name)),
         };
         let frame = frame.map_err(body_error)?;
         let Ok(data) = frame.into_data() else {
             continue; // trailers: Waitress discards them too
         };
         len += data.len() as u64;
-        if len > shared.max_body {
-            return Err(policy::body_too_large(shared.max_body));
+        if len > plan.max_body {
+            return Err(policy::body_too_large(plan.max_body));
         }
         if spool.is_none()
             && first.is_none()
             && memory.is_empty()
-            && len <= shared.inbuf_overflow as u64
+            && len <= plan.inbuf_overflow as u64
         {
             first = Some(data);
             continue;
@@ -308,7 +300,7 @@ async fn receive(mut body: Incoming, framed: bool, shared: &Shared) -> Result<Re
         if let Some(piece) = first.take() {
             memory.extend_from_slice(&piece);
         }
-        if spool.is_none() && memory.len() + data.len() > shared.inbuf_overflow {
+        if spool.is_none() && memory.len() + data.len() > plan.inbuf_overflow {
             let mut file = tokio::fs::File::from_std(tempfile::tempfile().map_err(spool_failed)?);
             file.write_all(&memory).await.map_err(spool_failed)?;
             memory = BytesMut::new();
@@ -331,7 +323,7 @@ async fn receive(mut body: Incoming, framed: bool, shared: &Shared) -> Result<Re
     Ok(Received { body, len, framed })
 }
 
-fn body_error(err: hyper::Error) -> Rejection {
+fn body_error(err: hyper::Error) -> GatewayResponse {
     // hyper's own message is generic ("error reading a body from
     // connection"); the innermost cause says what was wrong, e.g. "Invalid
     // chunk size line: missing size digit".
@@ -341,23 +333,28 @@ fn body_error(err: hyper::Error) -> Rejection {
     }
     let timed_out = cause
         .downcast_ref::<std::io::Error>()
-        .is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut);
-    if timed_out {
-        return Rejection::new(
-            Refusal::BodyTimeout,
-            "The request body stopped arriving (channel_timeout)",
-        );
+        .and_then(TimedOut::of);
+    if let Some(timed_out) = timed_out {
+        return body_stopped(timed_out.timeout.name);
     }
-    Rejection::new(
-        Refusal::BadRequest,
+    GatewayResponse::new(
+        GatewayReason::BadRequest,
         format!("Malformed request body: {cause}"),
     )
 }
 
-fn spool_failed(err: std::io::Error) -> Rejection {
+/// The 408 for a body that stopped arriving; `timeout` names the setting.
+fn body_stopped(timeout: &str) -> GatewayResponse {
+    GatewayResponse::new(
+        GatewayReason::BodyTimeout,
+        format!("The request body stopped arriving ({timeout})"),
+    )
+}
+
+fn spool_failed(err: std::io::Error) -> GatewayResponse {
     tracing::error!("cannot spool a request body to a temporary file: {err}");
-    Rejection::new(
-        Refusal::InternalError,
+    GatewayResponse::new(
+        GatewayReason::InternalError,
         "The request body could not be stored",
     )
 }
@@ -365,11 +362,15 @@ fn spool_failed(err: std::io::Error) -> Rejection {
 /// A response maitred writes itself. It always closes the connection:
 /// after a refusal the rest of the request may not have been read, so the
 /// byte stream cannot be trusted for another request.
-pub fn reject(shared: &Shared, version: Version, rejection: Rejection) -> Response<ResponseBody> {
-    metrics::get().gateway_response(rejection.reason);
-    let body = policy::error_body(rejection.status, &rejection.detail, &shared.ident);
+pub fn reject(
+    shared: &Shared,
+    version: Version,
+    refused: GatewayResponse,
+) -> Response<ResponseBody> {
+    refused.reason.count();
+    let body = policy::error_body(refused.status, &refused.detail, &shared.plan.ident);
     let mut response = Response::new(ResponseBody::text(body));
-    *response.status_mut() = rejection.status;
+    *response.status_mut() = refused.status;
     // hyper decides keep-alive from the response's version; it must be the
     // request's or a 1.0 close would gain a `keep-alive` token.
     *response.version_mut() = version;
@@ -384,10 +385,10 @@ pub fn reject(shared: &Shared, version: Version, rejection: Rejection) -> Respon
             .headers_mut()
             .insert(CONTENT_LENGTH, HeaderValue::from(len));
     }
-    if let Some(server) = &shared.server {
+    if let Some(server) = &shared.plan.server_header {
         response.headers_mut().insert(SERVER, server.clone());
     }
-    if let Some(seconds) = rejection.retry_after {
+    if let Some(seconds) = refused.retry_after {
         response
             .headers_mut()
             .insert(RETRY_AFTER, HeaderValue::from(seconds));
@@ -404,7 +405,7 @@ fn respond(shared: &Shared, req: Parts, reply: Reply) -> Response<ResponseBody> 
             return reject(
                 shared,
                 req.version,
-                Rejection::new(Refusal::AppError, detail),
+                GatewayResponse::new(GatewayReason::AppError, detail),
             );
         }
     };
@@ -413,7 +414,10 @@ fn respond(shared: &Shared, req: Parts, reply: Reply) -> Response<ResponseBody> 
         return reject(
             shared,
             req.version,
-            Rejection::new(Refusal::InternalError, "invalid status from application"),
+            GatewayResponse::new(
+                GatewayReason::InternalError,
+                "invalid status from application",
+            ),
         );
     };
     // RFC 9110 §8.6: no Content-Length on a 204; on a 304 only the one the
@@ -468,7 +472,7 @@ fn respond(shared: &Shared, req: Parts, reply: Reply) -> Response<ResponseBody> 
     }
     // Waitress's rule: the app's own Server header wins, and the gateway
     // identifies itself with Via instead.
-    if let Some(server) = &shared.server {
+    if let Some(server) = &shared.plan.server_header {
         if app_server {
             headers.append(VIA, server.clone());
         } else {

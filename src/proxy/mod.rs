@@ -3,7 +3,7 @@
 //!
 //! Everything here is a pure function of the peer address, the request's
 //! forwarding headers and the settings ([`resolve`]); the environ builder
-//! applies the [`Outcome`]. Waitress's model is the baseline (same option
+//! applies the [`ProxyVerdict`]. Waitress's model is the baseline (same option
 //! names, same count rule, same outcome in the environ), extended with trust
 //! lists of addresses and CIDR ranges, RFC 7239 parsing that handles quoted
 //! strings and IPv6, validation of every address and port, and
@@ -27,6 +27,8 @@ use std::net::IpAddr;
 use http::HeaderMap;
 use ipnet::IpNet;
 
+use crate::metrics::LabelSet;
+use crate::scheme::Scheme;
 use forwarded::{Node, parse_forwarded, parse_node, unquote};
 
 /// The forwarding headers maitred understands.
@@ -85,6 +87,16 @@ impl Header {
             .find(|h| h.lower().eq_ignore_ascii_case(name))
     }
 
+    /// `x-forwarded-for, ..., x-forwarded-prefix or forwarded`: every name
+    /// `proxy.headers` takes, for messages.
+    pub fn known_names() -> String {
+        let names: Vec<&str> = Header::ALL.iter().map(|h| h.lower()).collect();
+        match names.split_last() {
+            Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+            None => String::new(),
+        }
+    }
+
     fn bit(self) -> u8 {
         1 << (self as u8)
     }
@@ -118,6 +130,20 @@ impl HeaderSet {
     }
     pub fn iter(self) -> impl Iterator<Item = Header> {
         Header::ALL.into_iter().filter(move |h| self.contains(*h))
+    }
+
+    /// Trusts `Forwarded` together with an `X-Forwarded-*` header that
+    /// says the same things: the two could disagree, and Waitress refuses
+    /// the combination. (`X-Forwarded-Prefix` has no `Forwarded` form.)
+    pub fn mixes_forwarded_with_x_forwarded(self) -> bool {
+        let x_forwarded = HeaderSet::of(&[
+            Header::For,
+            Header::Host,
+            Header::Proto,
+            Header::Port,
+            Header::By,
+        ]);
+        self.contains(Header::Forwarded) && !self.and(x_forwarded).is_empty()
     }
 
     /// The forwarding headers a request carries. One pass over the header
@@ -203,100 +229,100 @@ impl TrustList {
     }
 }
 
-/// The proxy settings, validated.
-#[derive(Debug, Clone)]
+/// The trusted-proxy rules, built from already-parsed settings.
+#[derive(Debug, Clone, Default)]
 pub struct ProxyConfig {
     pub trusted: TrustList,
     pub count: Option<u32>,
     pub headers: HeaderSet,
     pub clear_untrusted: bool,
     pub log_untrusted: bool,
-    /// `url_scheme`, against which a forwarded port is judged default.
-    pub default_scheme: String,
 }
 
-/// A setting problem: the key and what is wrong with it.
-pub type SettingProblem = (&'static str, String);
-
 impl ProxyConfig {
-    /// Validates the `[proxy]` settings with Waitress's rules.
-    pub fn from_settings(
-        p: &crate::config::Proxy,
-        default_scheme: &str,
-    ) -> Result<ProxyConfig, Vec<SettingProblem>> {
-        let mut problems = Vec::new();
-        let trusted = TrustList::parse(&p.trusted).unwrap_or_else(|e| {
-            problems.push(("proxy.trusted", e));
-            TrustList::default()
-        });
-        let mut headers = HeaderSet::NONE;
-        for name in &p.headers {
-            match Header::from_name(name.trim()) {
-                Some(h) => headers.insert(h),
-                None => problems.push((
-                    "proxy.headers",
-                    format!(
-                        "`{name}` is not a forwarding header maitred knows; use x-forwarded-for, \
-                         x-forwarded-host, x-forwarded-proto, x-forwarded-port, x-forwarded-by, \
-                         x-forwarded-prefix or forwarded"
-                    ),
-                )),
-            }
-        }
-        let x_forwarded = HeaderSet::of(&[
-            Header::For,
-            Header::Host,
-            Header::Proto,
-            Header::Port,
-            Header::By,
-        ]);
-        if headers.contains(Header::Forwarded) && !headers.and(x_forwarded).is_empty() {
-            problems.push((
-                "proxy.headers",
-                "`forwarded` cannot be combined with x-forwarded-* headers: trust one or the other \
-                 (as in Waitress)"
-                    .into(),
-            ));
-        }
-        if p.trusted.is_empty() {
-            if p.count.is_some() {
-                problems.push(("proxy.count", "has no effect without proxy.trusted".into()));
-            }
-            if !p.headers.is_empty() {
-                problems.push((
-                    "proxy.headers",
-                    "has no effect without proxy.trusted".into(),
-                ));
-            }
-        }
-        if p.count == Some(0) {
-            problems.push(("proxy.count", "must be at least 1".into()));
-        }
+    /// With peers trusted but no headers named, only X-Forwarded-Proto is
+    /// believed: Waitress's (deprecated) default.
+    pub fn new(
+        trusted: TrustList,
+        count: Option<u32>,
+        mut headers: HeaderSet,
+        clear_untrusted: bool,
+        log_untrusted: bool,
+    ) -> ProxyConfig {
         if !trusted.is_empty() && headers.is_empty() {
-            // Waitress's (deprecated) default when only trusted_proxy is set.
             headers.insert(Header::Proto);
         }
-        if !problems.is_empty() {
-            return Err(problems);
-        }
-        Ok(ProxyConfig {
+        ProxyConfig {
             trusted,
-            count: p.count,
+            count,
             headers,
-            clear_untrusted: p.clear_untrusted,
-            log_untrusted: p.log_untrusted,
-            default_scheme: default_scheme.to_owned(),
-        })
+            clear_untrusted,
+            log_untrusted,
+        }
+    }
+}
+
+/// Why a forwarding header was not believed (the `reason` label of
+/// `maitred_proxy_headers_rejected_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disbelief {
+    /// Sent by a peer not in `proxy.trusted`.
+    UntrustedPeer,
+    /// Sent by a trusted peer, but not one of `proxy.headers`.
+    NotListed,
+    /// From a trusted peer but unparsable: the request got 400.
+    Malformed,
+}
+
+impl Disbelief {
+    pub const ALL: [Disbelief; 3] = [
+        Disbelief::UntrustedPeer,
+        Disbelief::NotListed,
+        Disbelief::Malformed,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Disbelief::UntrustedPeer => "untrusted_peer",
+            Disbelief::NotListed => "not_in_proxy_headers",
+            Disbelief::Malformed => "malformed",
+        }
+    }
+}
+
+impl LabelSet for Disbelief {
+    const COUNT: usize = Disbelief::ALL.len();
+    fn all() -> Vec<Self> {
+        Disbelief::ALL.to_vec()
+    }
+    fn index(self) -> usize {
+        self as usize
+    }
+    fn label_values(self) -> Vec<String> {
+        vec![self.label().to_owned()]
+    }
+}
+
+impl LabelSet for Header {
+    const COUNT: usize = Header::ALL.len();
+    fn all() -> Vec<Self> {
+        Header::ALL.to_vec()
+    }
+    fn index(self) -> usize {
+        self as usize
+    }
+    fn label_values(self) -> Vec<String> {
+        vec![self.lower().to_owned()]
     }
 }
 
 /// What the proxy headers of one request change. Fields left `None` keep
 /// the value the connection gave.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Outcome {
+pub struct ProxyVerdict {
     pub remote_addr: Option<String>,
     pub remote_port: Option<String>,
-    pub url_scheme: Option<String>,
+    pub url_scheme: Option<Scheme>,
     pub server_name: Option<String>,
     pub server_port: Option<String>,
     pub http_host: Option<String>,
@@ -398,19 +424,24 @@ impl ProxyConfig {
     /// [`resolve`] for a request as hyper parsed it. A request from a peer
     /// that is not trusted needs no header scan unless removals are logged,
     /// which keeps the common case (no proxy) free.
-    pub fn outcome(&self, peer: Option<IpAddr>, headers: &HeaderMap) -> Result<Outcome, Malformed> {
+    pub fn verdict(
+        &self,
+        peer: Option<IpAddr>,
+        headers: &HeaderMap,
+        scheme: Scheme,
+    ) -> Result<ProxyVerdict, Malformed> {
         if !self.trusted.trusts_peer(peer) && !self.log_untrusted {
             let remove = if self.clear_untrusted {
                 HeaderSet::ALL
             } else {
                 HeaderSet::NONE
             };
-            return Ok(Outcome {
+            return Ok(ProxyVerdict {
                 remove,
-                ..Outcome::default()
+                ..ProxyVerdict::default()
             });
         }
-        resolve(peer, &Forwarding::from_headers(headers), self)
+        resolve(peer, &Forwarding::from_headers(headers), self, scheme)
     }
 }
 
@@ -420,13 +451,15 @@ pub fn names(set: HeaderSet) -> String {
 }
 
 /// Decides what a request's forwarding headers mean. `peer` is the
-/// connection's address, `None` for a Unix socket.
+/// connection's address, `None` for a Unix socket; `scheme` is the one the
+/// request has unless a trusted proxy says otherwise.
 pub fn resolve(
     peer: Option<IpAddr>,
     req: &Forwarding,
     cfg: &ProxyConfig,
-) -> Result<Outcome, Malformed> {
-    let mut out = Outcome::default();
+    scheme: Scheme,
+) -> Result<ProxyVerdict, Malformed> {
+    let mut out = ProxyVerdict::default();
     if !cfg.trusted.trusts_peer(peer) {
         if cfg.clear_untrusted {
             out.remove = HeaderSet::ALL;
@@ -541,16 +574,16 @@ pub fn resolve(
     let scheme = match proto {
         Some((p, header)) => {
             let p = p.to_ascii_lowercase();
-            if p != "http" && p != "https" {
+            let Some(forwarded_scheme) = Scheme::parse(&p) else {
                 return Err(malformed(header, "not http or https", &p));
-            }
+            };
             if port.is_none() {
-                port = Some(if p == "https" { "443" } else { "80" }.to_owned());
+                port = Some(forwarded_scheme.default_port_text().to_owned());
             }
-            out.url_scheme = Some(p.clone());
-            p
+            out.url_scheme = Some(forwarded_scheme);
+            forwarded_scheme
         }
-        None => cfg.default_scheme.clone(),
+        None => scheme,
     };
     if let Some(h) = host {
         if h.chars()
@@ -575,9 +608,8 @@ pub fn resolve(
             }
             None => {
                 out.server_name = Some(h.clone());
-                let default = if scheme == "https" { "443" } else { "80" };
                 out.http_host = Some(match &port {
-                    Some(p) if p != default => format!("{h}:{p}"),
+                    Some(p) if p != scheme.default_port_text() => format!("{h}:{p}"),
                     _ => h,
                 });
             }
@@ -656,6 +688,3 @@ fn is_port(text: &str) -> bool {
         && text.bytes().all(|b| b.is_ascii_digit())
         && text.parse::<u16>().is_ok()
 }
-
-#[cfg(test)]
-mod corpus;

@@ -16,12 +16,54 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
+use crate::config::plan::Timeout;
 use crate::connection::{Registry, Timeouts, Watched};
-use crate::gateway::policy::Refusal;
+use crate::gateway::policy::GatewayReason;
 use crate::gateway::service::{self, Shared};
-use crate::metrics::{self, ConnectionRefusal};
+use crate::metrics::{self, LabelSet};
 use crate::proxy::TrustList;
 use crate::wsgi::environ::Peer;
+
+/// Why a connection was closed before any request was read from it (the
+/// `reason` label of `maitred_connections_rejected_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectedConnection {
+    /// A PROXY-protocol listener was reached by a peer not in
+    /// `proxy_protocol.trusted`.
+    ProxyProtocolUntrusted,
+    /// The PROXY header was missing, malformed or too slow.
+    ProxyProtocolInvalid,
+    /// `accept()` failed (typically out of file descriptors).
+    AcceptError,
+}
+
+impl RejectedConnection {
+    fn count(self) {
+        metrics::get().connections_rejected.inc(self);
+    }
+}
+
+impl LabelSet for RejectedConnection {
+    const COUNT: usize = 3;
+    fn all() -> Vec<Self> {
+        vec![
+            RejectedConnection::ProxyProtocolUntrusted,
+            RejectedConnection::ProxyProtocolInvalid,
+            RejectedConnection::AcceptError,
+        ]
+    }
+    fn index(self) -> usize {
+        self as usize
+    }
+    fn label_values(self) -> Vec<String> {
+        let label = match self {
+            RejectedConnection::ProxyProtocolUntrusted => "proxy_protocol_untrusted",
+            RejectedConnection::ProxyProtocolInvalid => "proxy_protocol_invalid",
+            RejectedConnection::AcceptError => "accept_error",
+        };
+        vec![label.to_owned()]
+    }
+}
 
 /// What every accept loop and connection task shares.
 #[derive(Clone)]
@@ -61,7 +103,7 @@ impl Listener {
             Listener::ProxyProtocol(l, trusted) => {
                 let (stream, remote) = l.accept().await?;
                 if !trusted.trusts_ip(remote.ip()) {
-                    metrics::get().connection_rejected(ConnectionRefusal::ProxyProtocolUntrusted);
+                    RejectedConnection::ProxyProtocolUntrusted.count();
                     tracing::warn!(
                         "refused a connection from {remote} on a PROXY protocol listener: \
                          not in proxy_protocol.trusted"
@@ -90,7 +132,7 @@ pub async fn accept_loop(listener: Listener, ctx: AcceptContext) {
             Ok(Some(a)) => a,
             Ok(None) => continue,
             Err(e) => {
-                metrics::get().connection_rejected(ConnectionRefusal::AcceptError);
+                RejectedConnection::AcceptError.count();
                 tracing::error!("server accept() failed: {e}");
                 tokio::time::sleep(ACCEPT_BACKOFF).await;
                 continue;
@@ -133,8 +175,7 @@ pub async fn accept_loop(listener: Listener, ctx: AcceptContext) {
                             spawn_connection(stream, Peer::Tcp { remote, local }, &ctx, permit);
                         }
                         Err(e) => {
-                            metrics::get()
-                                .connection_rejected(ConnectionRefusal::ProxyProtocolInvalid);
+                            RejectedConnection::ProxyProtocolInvalid.count();
                             tracing::warn!("closed a connection from {remote}: {e}");
                         }
                     }
@@ -169,11 +210,11 @@ async fn wait_for_slot(
 /// and the bytes that followed it.
 async fn read_proxy_header(
     stream: &mut tokio::net::TcpStream,
-    timeout: Duration,
+    timeout: Timeout,
 ) -> Result<(Option<SocketAddr>, bytes::Bytes), String> {
     use crate::proxy::protocol::{self, Parsed};
     let mut buf = bytes::BytesMut::with_capacity(256);
-    let deadline = tokio::time::Instant::now() + timeout;
+    let deadline = tokio::time::Instant::now() + timeout.after;
     loop {
         match protocol::parse(&buf)? {
             Parsed::Done { source, len } => return Ok((source, buf.split_off(len).freeze())),
@@ -184,7 +225,7 @@ async fn read_proxy_header(
             Ok(Ok(0)) => return Err("the connection closed before a PROXY header".into()),
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(format!("reading the PROXY header failed: {e}")),
-            Err(_) => return Err("no PROXY header within channel_timeout".into()),
+            Err(_) => return Err(format!("no PROXY header within {}", timeout.name)),
         }
     }
 }
@@ -289,8 +330,8 @@ where
         .await;
         if let Err(e) = &result {
             // hyper answers an unparsable head itself (400, 414, 431).
-            if let Some(refusal) = Refusal::of_parse_error(e) {
-                metrics::get().gateway_response(refusal);
+            if let Some(reason) = GatewayReason::of_parse_error(e) {
+                reason.count();
             }
             tracing::debug!("connection ended with an error: {e}");
         }

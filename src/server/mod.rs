@@ -1,4 +1,6 @@
-//! The server's life: listening, serving until a signal, and the drain.
+//! The server's life: serving connections until asked to stop, and the
+//! drain. The stop requests come in as a value ([`StopRequests`]), so the
+//! caller decides where they come from (the process's signals, or a test).
 //!
 //! On SIGTERM or SIGINT:
 //! 1. readiness (`/readyz`) fails at once, so load balancers stop sending;
@@ -10,39 +12,39 @@
 //! 4. the process exits 0 once every connection is gone, or 1 with a count
 //!    of the requests cut when `graceful_timeout` passes or a second signal
 //!    arrives. SIGQUIT exits at once.
+//!
+//! "Every connection is gone" is awaited ([`Registry::all_closed`]), not
+//! polled.
 
 mod accept;
-pub mod listen;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioTimer;
 use tokio::net::{TcpListener, UnixListener};
-use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::{Semaphore, watch};
 
-use crate::config::Settings;
-use crate::connection::{Registry, Timeouts};
+use crate::config::plan::{ConnectionPlan, DrainPlan};
+use crate::connection::Registry;
 use crate::gateway::service::Shared;
+use crate::listen::{Bound, SocketFiles};
+use crate::signals::{Stop, StopRequests};
+pub use accept::RejectedConnection;
 use accept::{AcceptContext, Listener, accept_loop};
-pub use listen::Bound;
-use listen::SocketFiles;
 
 /// hyper's per-connection settings, derived once.
-pub fn http1_builder(settings: &Settings) -> http1::Builder {
-    let max_head = settings.limits.max_request_header_size.as_usize();
+pub fn http1_builder(plan: &ConnectionPlan) -> http1::Builder {
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         // hyper's head timer also runs while a keep-alive connection waits,
         // so it cannot be header_timeout; `connection::Watched` keeps both.
         .header_read_timeout(None)
-        .max_header_size(max_head)
-        .max_headers(settings.limits.max_request_headers)
-        .max_buf_size(max_head.saturating_add(64 * 1024).max(400 * 1024))
+        .max_header_size(plan.max_head)
+        .max_headers(plan.max_headers)
+        .max_buf_size(plan.max_head.saturating_add(64 * 1024).max(400 * 1024))
         .title_case_headers(true)
         // A client that shuts down its sending side after the request
         // (`nc -N`, some HTTP/1.0 tools) still gets its response.
@@ -54,63 +56,22 @@ pub fn http1_builder(settings: &Settings) -> http1::Builder {
     builder
 }
 
-/// How the server behaves over its life, from the settings.
-pub struct Plan {
-    pub connection_limit: usize,
-    pub timeouts: Timeouts,
-    pub shutdown_delay: Duration,
-    pub graceful_timeout: Duration,
-}
-
-/// SIGTERM, SIGINT and SIGQUIT, installed once so no signal is missed
-/// between the phases of the drain.
-struct Signals {
-    term: Signal,
-    int: Signal,
-    quit: Signal,
-}
-
-impl Signals {
-    fn install() -> std::io::Result<Signals> {
-        Ok(Signals {
-            term: signal(SignalKind::terminate())?,
-            int: signal(SignalKind::interrupt())?,
-            quit: signal(SignalKind::quit())?,
-        })
-    }
-
-    /// The next SIGTERM or SIGINT; SIGQUIT ends the process at once.
-    async fn next(&mut self, registry: &Registry) -> &'static str {
-        tokio::select! {
-            _ = self.term.recv() => "SIGTERM",
-            _ = self.int.recv() => "SIGINT",
-            _ = self.quit.recv() => {
-                tracing::warn!(
-                    "SIGQUIT received: exiting at once, {} request(s) cut",
-                    registry.busy()
-                );
-                std::process::exit(1);
-            }
-        }
-    }
-}
-
-/// Serves until a signal, drains, and returns the exit code.
+/// Serves until a stop request, drains, and returns the exit code.
 pub async fn serve(
     listeners: Vec<Bound>,
     shared: Arc<Shared>,
-    builder: http1::Builder,
-    plan: Plan,
+    connections: &ConnectionPlan,
+    drain: &DrainPlan,
+    mut stops: StopRequests,
 ) -> std::io::Result<u8> {
-    let mut signals = Signals::install()?;
     let registry = Arc::new(Registry::default());
     let (stop_tx, stop_rx) = watch::channel(false);
     let ctx = AcceptContext {
         shared: Arc::clone(&shared),
-        builder,
-        limit: Arc::new(Semaphore::new(plan.connection_limit)),
+        builder: http1_builder(connections),
+        limit: Arc::new(Semaphore::new(connections.limit)),
         registry: Arc::clone(&registry),
-        timeouts: plan.timeouts,
+        timeouts: connections.timeouts,
         stop: stop_rx,
     };
     let mut socket_files = SocketFiles::of(&listeners);
@@ -126,44 +87,60 @@ pub async fn serve(
     }
     shared.health.ready.store(true, Ordering::Release);
 
-    let first = signals.next(&registry).await;
+    let first = stops.next().await;
+    if first.is_immediate() {
+        return Ok(quit(&registry));
+    }
     shared.health.ready.store(false, Ordering::Release);
     tracing::info!(
-        "{first} received: readiness fails from now on; the listeners close in {}s \
+        "{} received: readiness fails from now on; the listeners close in {}s \
          (signal again to exit at once)",
-        plan.shutdown_delay.as_secs_f64()
+        first.name(),
+        drain.shutdown_delay.as_secs_f64()
     );
     let interrupted = tokio::select! {
-        _ = tokio::time::sleep(plan.shutdown_delay) => None,
-        again = signals.next(&registry) => Some(again),
+        _ = tokio::time::sleep(drain.shutdown_delay) => None,
+        again = stops.next() => Some(again),
     };
 
     let _ = stop_tx.send(true);
     socket_files.remove();
     if let Some(again) = interrupted {
-        return Ok(cut(&registry, &format!("{again} received again")));
+        return Ok(again_before_done(&registry, again));
     }
     registry.close_all();
     tracing::info!(
         "listeners closed; waiting up to {}s for {} connection(s) with {} request(s) in flight",
-        plan.graceful_timeout.as_secs_f64(),
+        drain.graceful_timeout.after.as_secs_f64(),
         registry.open(),
         registry.busy()
     );
     tokio::select! {
-        _ = all_closed(&registry) => {
+        _ = registry.all_closed() => {
             tracing::info!("every request finished; exiting");
             Ok(0)
         }
-        _ = tokio::time::sleep(plan.graceful_timeout) => Ok(cut(&registry, "graceful_timeout passed")),
-        again = signals.next(&registry) => Ok(cut(&registry, &format!("{again} received again"))),
+        _ = tokio::time::sleep(drain.graceful_timeout.after) => {
+            Ok(cut(&registry, &format!("{} passed", drain.graceful_timeout.name)))
+        }
+        again = stops.next() => Ok(again_before_done(&registry, again)),
     }
 }
 
-async fn all_closed(registry: &Registry) {
-    while registry.open() > 0 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+/// A second stop request during the drain ends it at once.
+fn again_before_done(registry: &Registry, again: Stop) -> u8 {
+    if again.is_immediate() {
+        return quit(registry);
     }
+    cut(registry, &format!("{} received again", again.name()))
+}
+
+fn quit(registry: &Registry) -> u8 {
+    tracing::warn!(
+        "SIGQUIT received: exiting at once, {} request(s) cut",
+        registry.busy()
+    );
+    1
 }
 
 fn cut(registry: &Registry, why: &str) -> u8 {

@@ -20,6 +20,9 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::sync::Mutex;
 
+pub use crate::admin::Answer;
+use crate::admin::Probes;
+
 /// What the supervisor can ask.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ask {
@@ -44,12 +47,17 @@ impl Ask {
     }
 }
 
-/// A worker's answer: whether it is positive (a probe that passes) and
-/// its text.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Answer {
-    pub ok: bool,
-    pub text: String,
+/// How a worker answers a question: as its admin listener would answer
+/// a client, were it a single process.
+pub async fn answer<P: Probes>(probes: &P, ask: Ask) -> Answer {
+    match ask {
+        Ask::Metrics => Answer {
+            ok: true,
+            text: probes.metrics().await,
+        },
+        Ask::Livez => probes.livez().await,
+        Ask::Readyz => probes.readyz().await,
+    }
 }
 
 /// Longest answer accepted; an exposition is a few tens of KiB.

@@ -28,11 +28,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
-use crate::config::Settings;
-use crate::server::listen::{self, Bound, SocketFiles};
+use crate::admin::{self, Probes};
+use crate::config::plan::DrainPlan;
+use crate::listen::{self, Bound, ListenPlan, SocketFiles};
+use crate::signals::{Stop, StopRequests};
 use control::{Answer, Ask, Channel};
 use merge::Exposition;
 
@@ -137,11 +138,11 @@ impl Inherited {
     /// socket for [`control::serve`].
     pub fn into_parts(
         self,
-        settings: &Settings,
+        plan: &ListenPlan,
     ) -> Result<(Vec<Bound>, std::os::unix::net::UnixStream), String> {
         let mut bound = Vec::new();
         for (fd, kind) in self.listeners {
-            bound.push(listen::inherit(fd, &kind, settings).map_err(|e| e.to_string())?);
+            bound.push(listen::inherit(fd, &kind, plan).map_err(|e| e.to_string())?);
         }
         let control = std::os::unix::net::UnixStream::from(self.control);
         control
@@ -193,10 +194,12 @@ impl Supervisor {
             change(w);
         }
     }
+}
 
+impl Probes for Supervisor {
     /// Live when every ready worker is (a worker being restarted is the
     /// supervisor's business, not a reason to restart the pod).
-    pub async fn livez(&self) -> Answer {
+    async fn livez(&self) -> Answer {
         let asked = self.snapshot(|w| w.ready);
         if asked.is_empty() {
             return Answer {
@@ -228,7 +231,7 @@ impl Supervisor {
     }
 
     /// Ready while not draining and at least one worker serves.
-    pub async fn readyz(&self) -> Answer {
+    async fn readyz(&self) -> Answer {
         if self.draining.load(Ordering::Acquire) {
             return Answer {
                 ok: false,
@@ -250,7 +253,7 @@ impl Supervisor {
 
     /// One exposition for the supervisor and every worker, living or
     /// retired.
-    pub async fn metrics(&self) -> String {
+    async fn metrics(&self) -> String {
         // Ask first, then combine under the lock, matching answers to
         // workers by pid: a worker that exits (and is retired) while the
         // others are asked must count once, through `retired`, and an
@@ -283,7 +286,9 @@ impl Supervisor {
         drop(workers);
         total.render()
     }
+}
 
+impl Supervisor {
     /// A worker has exited: its counters join the retired ones (under the
     /// same lock order as [`Supervisor::metrics`]: workers, then retired).
     fn retire(&self, index: usize) -> Option<Worker> {
@@ -300,18 +305,26 @@ impl Supervisor {
     }
 }
 
-/// Runs the supervisor until the workers have drained; returns the exit
-/// code.
-pub fn supervise(settings: &Settings, activated: Vec<OwnedFd>) -> Result<u8, String> {
-    let listeners = listen::bind(settings, activated).map_err(|e| e.to_string())?;
-    let admin = listen::bind_admin(settings).map_err(|e| e.to_string())?;
+/// Runs the supervisor of `count` workers until they have drained;
+/// returns the exit code.
+pub fn supervise(
+    listen: &ListenPlan,
+    count: usize,
+    drain: &DrainPlan,
+    activated: Vec<OwnedFd>,
+) -> Result<u8, String> {
+    let listeners = listen::bind(listen, activated).map_err(|e| e.to_string())?;
+    let admin = listen::bind_admin(listen).map_err(|e| e.to_string())?;
     // One thread: the death signal asked for each worker (PR_SET_PDEATHSIG)
     // is tied to the thread that started it, which must outlive them.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the supervisor's runtime: {e}"))?;
-    runtime.block_on(run(settings, listeners, admin))
+    runtime.block_on(async {
+        let stops = StopRequests::from_signals().map_err(|e| e.to_string())?;
+        run(count, drain, listeners, admin, stops).await
+    })
 }
 
 /// A worker exited: which, which incarnation, how.
@@ -322,20 +335,18 @@ struct Exit {
 }
 
 async fn run(
-    settings: &Settings,
+    count: usize,
+    drain: &DrainPlan,
     listeners: Vec<Bound>,
     admin: Vec<(std::net::TcpListener, std::net::SocketAddr)>,
+    mut stops: StopRequests,
 ) -> Result<u8, String> {
-    let count = settings.workers;
     let sup = Arc::new(Supervisor {
         count,
         workers: Mutex::new(HashMap::new()),
         retired: Mutex::new(Exposition::default()),
         draining: AtomicBool::new(false),
     });
-    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
-    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
-    let mut quit = signal(SignalKind::quit()).map_err(|e| e.to_string())?;
     let (exits_tx, mut exits) = mpsc::unbounded_channel::<Exit>();
     // Removed however `run` returns, start-up failures included.
     let mut socket_files = SocketFiles::of(&listeners);
@@ -347,13 +358,14 @@ async fn run(
     // Like a single process, start-up has no time limit: an app may take
     // long to import, and an orchestrator's start-up probe bounds it.
     // A stop signal during start-up goes straight to the drain below.
-    let stopped_early: Option<libc::c_int> = loop {
+    let stopped_early: Option<Stop> = loop {
         tokio::select! {
-            _ = term.recv() => break Some(libc::SIGTERM),
-            _ = int.recv() => break Some(libc::SIGINT),
-            _ = quit.recv() => {
-                kill_all(&sup, libc::SIGQUIT);
-                return Ok(1);
+            stop = stops.next() => {
+                if stop.is_immediate() {
+                    kill_all(&sup, stop.signal());
+                    return Ok(1);
+                }
+                break Some(stop);
             }
             exit = exits.recv() => {
                 let Some(exit) = exit else { return Err("lost track of the workers".into()) };
@@ -381,13 +393,10 @@ async fn run(
     for (listener, addr) in admin {
         tracing::info!(
             "Admin listener (/livez, /readyz, /metrics) on http://{}",
-            crate::config::display_addr(&addr)
+            listen::display_addr(&addr)
         );
         let listener = tokio::net::TcpListener::from_std(listener).map_err(|e| e.to_string())?;
-        tokio::spawn(crate::admin::run(
-            listener,
-            crate::admin::Backend::Supervisor(Arc::clone(&sup)),
-        ));
+        tokio::spawn(admin::run(listener, Arc::clone(&sup)));
     }
     tracing::info!("supervising {count} worker processes");
     tokio::spawn(refresh(Arc::clone(&sup)));
@@ -438,12 +447,13 @@ async fn run(
                 }
             }
             () = tokio::time::sleep(Duration::from_millis(200)) => poll_ready(&sup).await,
-            _ = term.recv() => break libc::SIGTERM,
-            _ = int.recv() => break libc::SIGINT,
-            _ = quit.recv() => {
-                tracing::warn!("SIGQUIT received: stopping the workers at once");
-                kill_all(&sup, libc::SIGQUIT);
-                return Ok(1);
+            stop = stops.next() => {
+                if stop.is_immediate() {
+                    tracing::warn!("SIGQUIT received: stopping the workers at once");
+                    kill_all(&sup, stop.signal());
+                    return Ok(1);
+                }
+                break stop;
             }
         }
     };
@@ -454,15 +464,14 @@ async fn run(
     sup.draining.store(true, Ordering::Release);
     tracing::info!(
         "{} received: draining the workers (signal again to stop them at once)",
-        signal_name(first)
+        first.name()
     );
-    kill_all(&sup, first);
-    let plan = Duration::from_secs_f64(
-        settings.shutdown_delay.0.as_secs_f64() + settings.graceful_timeout.0.as_secs_f64() + 5.0,
-    );
-    let shutdown_delay = tokio::time::sleep(settings.shutdown_delay.0);
+    kill_all(&sup, first.signal());
+    let give_up_after =
+        drain.shutdown_delay + drain.graceful_timeout.after + Duration::from_secs(5);
+    let shutdown_delay = tokio::time::sleep(drain.shutdown_delay);
     tokio::pin!(shutdown_delay);
-    let give_up = tokio::time::sleep(plan);
+    let give_up = tokio::time::sleep(give_up_after);
     tokio::pin!(give_up);
     let mut listeners = Some(listeners);
     let mut failed = false;
@@ -480,15 +489,18 @@ async fn run(
                 socket_files.remove();
             }
             () = &mut give_up => {
-                tracing::warn!("the workers did not finish within shutdown_delay + graceful_timeout; killing them");
+                tracing::warn!(
+                    "the workers did not finish within shutdown_delay + {}; killing them",
+                    drain.graceful_timeout.name
+                );
                 kill_all(&sup, libc::SIGKILL);
                 return Ok(1);
             }
-            _ = term.recv() => kill_all(&sup, libc::SIGTERM),
-            _ = int.recv() => kill_all(&sup, libc::SIGINT),
-            _ = quit.recv() => {
-                kill_all(&sup, libc::SIGQUIT);
-                return Ok(1);
+            stop = stops.next() => {
+                kill_all(&sup, stop.signal());
+                if stop.is_immediate() {
+                    return Ok(1);
+                }
             }
         }
     }
@@ -709,13 +721,5 @@ fn describe(status: &std::io::Result<ExitStatus>) -> String {
             _ => s.to_string(),
         },
         Err(e) => format!("unknown status: {e}"),
-    }
-}
-
-fn signal_name(sig: libc::c_int) -> &'static str {
-    match sig {
-        libc::SIGTERM => "SIGTERM",
-        libc::SIGINT => "SIGINT",
-        _ => "a signal",
     }
 }

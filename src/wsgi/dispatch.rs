@@ -51,7 +51,7 @@ const YIELD_ROUNDS: u32 = 1;
 
 /// Why a request was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refused {
+pub enum SubmitError {
     /// `max_queue` requests are already waiting.
     QueueFull,
     /// The pool has shut down.
@@ -125,7 +125,7 @@ impl Dispatch {
     }
 
     /// Queues a request unless `max_queue` are waiting already.
-    pub fn submit_call(self: &Arc<Self>, job: Job) -> Result<(), Refused> {
+    pub fn submit_call(self: &Arc<Self>, job: Job) -> Result<(), SubmitError> {
         self.push(job, true)
     }
 
@@ -134,14 +134,14 @@ impl Dispatch {
         let _ = self.push(job, false);
     }
 
-    fn push(self: &Arc<Self>, job: Job, bounded: bool) -> Result<(), Refused> {
+    fn push(self: &Arc<Self>, job: Job, bounded: bool) -> Result<(), SubmitError> {
         let mut state = self.lock();
         if state.closed {
-            return Err(Refused::Stopped);
+            return Err(SubmitError::Stopped);
         }
         if bounded {
             if state.calls >= self.max_queue {
-                return Err(Refused::QueueFull);
+                return Err(SubmitError::QueueFull);
             }
             state.calls += 1;
         }
@@ -393,12 +393,12 @@ mod tests {
             };
             assert!(d.submit_call(call()).is_ok());
             assert!(d.submit_call(call()).is_ok());
-            assert_eq!(d.submit_call(call()), Err(Refused::QueueFull));
+            assert_eq!(d.submit_call(call()), Err(SubmitError::QueueFull));
             d.submit(close_job(py));
             assert_eq!(d.queued(), 2);
         });
         d.close();
-        Python::attach(|py| assert_eq!(d.submit_call(close_job(py)), Err(Refused::Stopped)));
+        Python::attach(|py| assert_eq!(d.submit_call(close_job(py)), Err(SubmitError::Stopped)));
     }
 
     #[test]

@@ -9,7 +9,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use http::{HeaderMap, Uri, Version};
 
-use crate::proxy::{Header, Outcome};
+use crate::config::plan::EnvironPlan;
+use crate::proxy::{Header, HeaderSet, ProxyVerdict};
 
 /// Per-request environ keys. Keys that are the same for every request
 /// (`SERVER_NAME`, `SCRIPT_NAME`, `wsgi.*`) live in the worker's template
@@ -208,17 +209,8 @@ pub enum Peer {
     Unix,
 }
 
-/// The settings that shape the environ.
-#[derive(Debug, Clone)]
-pub struct EnvironConfig {
-    /// Normalised `url_prefix` (`/app` or empty).
-    pub script_name: String,
-    /// Port reported for Unix-socket requests, which have none.
-    pub unix_port: &'static str,
-}
-
 /// What one request looks like to the environ builder.
-pub struct Head<'a> {
+pub struct RequestHead<'a> {
     pub method: &'a str,
     pub uri: &'a Uri,
     pub version: Version,
@@ -229,8 +221,13 @@ pub struct Head<'a> {
 }
 
 /// The environ entries of a request, with what trusted proxies said
-/// (`outcome`) applied.
-pub fn cgi_vars(head: &Head<'_>, peer: &Peer, cfg: &EnvironConfig, outcome: &Outcome) -> CgiVars {
+/// (`verdict`) applied.
+pub fn cgi_vars(
+    head: &RequestHead<'_>,
+    peer: &Peer,
+    cfg: &EnvironPlan,
+    verdict: &ProxyVerdict,
+) -> CgiVars {
     let uri = head.uri;
     let mut env = CgiVars::with_capacity(
         128 + 2 * uri.path().len() + 3 * head.headers.keys_len() * 24,
@@ -255,34 +252,34 @@ pub fn cgi_vars(head: &Head<'_>, peer: &Peer, cfg: &EnvironConfig, outcome: &Out
             push_u64(t, u64::from(remote.port()));
         }
     };
-    if outcome.remote_addr.is_some() {
+    if verdict.remote_addr.is_some() {
         env.var_with(Var::PeerAddr, push_addr);
         env.var_with(Var::PeerPort, push_port);
     }
-    match &outcome.remote_addr {
+    match &verdict.remote_addr {
         Some(addr) => env.var(Var::RemoteAddr, addr),
         None => env.var_with(Var::RemoteAddr, push_addr),
     }
     // Waitress sets REMOTE_HOST to the address too (no reverse lookup).
     env.alias(Var::RemoteHost, Var::RemoteAddr);
-    match &outcome.remote_port {
+    match &verdict.remote_port {
         Some(port) => env.var(Var::RemotePort, port),
         None => env.var_with(Var::RemotePort, push_port),
     }
-    match (&outcome.server_port, peer) {
+    match (&verdict.server_port, peer) {
         (Some(port), _) => env.var(Var::ServerPort, port),
         (None, Peer::Tcp { local, .. }) => {
             env.var_with(Var::ServerPort, |t| push_u64(t, u64::from(local.port())));
         }
-        (None, Peer::Unix) => env.var(Var::ServerPort, cfg.unix_port),
+        (None, Peer::Unix) => env.var(Var::ServerPort, cfg.scheme.default_port_text()),
     }
-    if let Some(scheme) = &outcome.url_scheme {
-        env.var(Var::UrlScheme, scheme);
+    if let Some(scheme) = verdict.url_scheme {
+        env.var(Var::UrlScheme, scheme.as_str());
     }
-    if let Some(name) = &outcome.server_name {
+    if let Some(name) = &verdict.server_name {
         env.var(Var::ServerName, name);
     }
-    if let Some(prefix) = &outcome.prefix {
+    if let Some(prefix) = &verdict.prefix {
         env.var_with(Var::ScriptName, |t| {
             t.push_str(prefix);
             t.push_str(&cfg.script_name);
@@ -291,7 +288,7 @@ pub fn cgi_vars(head: &Head<'_>, peer: &Peer, cfg: &EnvironConfig, outcome: &Out
     if let Some(len) = head.body_len {
         env.var_with(Var::ContentLength, |t| push_u64(t, len));
     }
-    let mut rewritten = crate::proxy::HeaderSet::NONE;
+    let mut rewritten = HeaderSet::NONE;
     // The header whose entry was added last through the joining path
     // below: HeaderMap yields a header's lines one after another, and all
     // lines of a name take the same path, so a line of the same name
@@ -308,7 +305,7 @@ pub fn cgi_vars(head: &Head<'_>, peer: &Peer, cfg: &EnvironConfig, outcome: &Out
             // de-chunked before the app sees it, so Transfer-Encoding would
             // only mislead (Waitress drops it too).
             "content-length" | "transfer-encoding" => continue,
-            "host" if outcome.http_host.is_some() => continue,
+            "host" if verdict.http_host.is_some() => continue,
             _ => {}
         }
         // `X_Forwarded_For` must not be able to pose as `X-Forwarded-For`
@@ -318,10 +315,10 @@ pub fn cgi_vars(head: &Head<'_>, peer: &Peer, cfg: &EnvironConfig, outcome: &Out
             continue;
         }
         if let Some(h) = Header::from_name(name) {
-            if outcome.remove.contains(h) {
+            if verdict.remove.contains(h) {
                 continue;
             }
-            if let Some((_, v)) = outcome.rewrite.iter().find(|(r, _)| *r == h) {
+            if let Some((_, v)) = verdict.rewrite.iter().find(|(r, _)| *r == h) {
                 // A rewritten header replaces all its lines, once.
                 if !rewritten.contains(h) {
                     rewritten.insert(h);
@@ -341,7 +338,7 @@ pub fn cgi_vars(head: &Head<'_>, peer: &Peer, cfg: &EnvironConfig, outcome: &Out
             joining = Some(name);
         }
     }
-    if let Some(host) = &outcome.http_host {
+    if let Some(host) = &verdict.http_host {
         env.header("host", |t| t.push_str(host));
     }
     env
@@ -481,18 +478,20 @@ mod tests {
     use super::*;
     use http::HeaderValue;
 
-    fn cfg() -> EnvironConfig {
-        EnvironConfig {
+    fn cfg() -> EnvironPlan {
+        EnvironPlan {
+            scheme: crate::scheme::Scheme::Http,
+            server_name: "localhost".into(),
+            server_software: "maitred".into(),
             script_name: String::new(),
-            unix_port: "80",
         }
     }
 
     /// What the proxy stage gives a request from an untrusted peer.
-    fn untrusted() -> Outcome {
-        Outcome {
-            remove: crate::proxy::HeaderSet::ALL,
-            ..Outcome::default()
+    fn untrusted() -> ProxyVerdict {
+        ProxyVerdict {
+            remove: HeaderSet::ALL,
+            ..ProxyVerdict::default()
         }
     }
 
@@ -503,7 +502,7 @@ mod tests {
         }
     }
 
-    fn build(uri: &str, headers: &[(&str, &[u8])], outcome: &Outcome) -> CgiVars {
+    fn build(uri: &str, headers: &[(&str, &[u8])], verdict: &ProxyVerdict) -> CgiVars {
         let uri: Uri = uri.parse().expect("uri");
         let mut map = HeaderMap::new();
         for (name, value) in headers {
@@ -512,14 +511,14 @@ mod tests {
                 HeaderValue::from_bytes(value).expect("value"),
             );
         }
-        let head = Head {
+        let head = RequestHead {
             method: "GET",
             uri: &uri,
             version: Version::HTTP_11,
             headers: &map,
             body_len: None,
         };
-        cgi_vars(&head, &tcp(), &cfg(), outcome)
+        cgi_vars(&head, &tcp(), &cfg(), verdict)
     }
 
     #[test]
@@ -575,7 +574,11 @@ mod tests {
 
     #[test]
     fn proxy_headers_kept_when_clearing_is_off() {
-        let env = build("/", &[("x-forwarded-for", b"1.2.3.4")], &Outcome::default());
+        let env = build(
+            "/",
+            &[("x-forwarded-for", b"1.2.3.4")],
+            &ProxyVerdict::default(),
+        );
         assert_eq!(env.header_value("HTTP_X_FORWARDED_FOR"), Some("1.2.3.4"));
     }
 
@@ -606,7 +609,7 @@ mod tests {
     #[test]
     fn unix_peers() {
         let uri: Uri = "/".parse().expect("uri");
-        let head = Head {
+        let head = RequestHead {
             method: "POST",
             uri: &uri,
             version: Version::HTTP_10,
@@ -616,6 +619,12 @@ mod tests {
         let env = cgi_vars(&head, &Peer::Unix, &cfg(), &untrusted());
         assert_eq!(env.get(Var::RemoteAddr), Some("localhost"));
         assert_eq!(env.get(Var::ServerPort), Some("80"));
+        let https = EnvironPlan {
+            scheme: crate::scheme::Scheme::Https,
+            ..cfg()
+        };
+        let env = cgi_vars(&head, &Peer::Unix, &https, &untrusted());
+        assert_eq!(env.get(Var::ServerPort), Some("443"), "the scheme's port");
         assert_eq!(env.get(Var::ServerProtocol), Some("HTTP/1.0"));
         assert_eq!(env.get(Var::ContentLength), Some("0"));
     }

@@ -24,7 +24,7 @@ use http::{HeaderName, HeaderValue};
 use tokio::sync::oneshot;
 
 pub use environ::CgiVars;
-pub use pool::{DeferredClose, Liveness, Pool, PoolConfig, Refused};
+pub use pool::{DeferredClose, Liveness, Pool, SubmitError};
 
 /// One request for the application.
 pub struct Call {

@@ -83,9 +83,28 @@ pub struct Outbuf {
     room: Condvar,
     high_water: usize,
     overflow: usize,
-    /// Whether the "more than Content-Length" warning has been logged; the
-    /// producer and the consumer can each notice, only one should say so.
-    truncation_logged: AtomicBool,
+    /// The producer and the consumer can each notice the app writing past
+    /// its Content-Length; only one should say so.
+    pub overrun: Overrun,
+}
+
+/// The warning for an app that writes more than its Content-Length (the
+/// rest is dropped, as in Waitress), logged at most once per response by
+/// whichever side notices first: the connection, which cuts the excess
+/// off, or the app's thread, which stops iterating once the connection has
+/// sent the declared length.
+#[derive(Debug, Default)]
+pub struct Overrun(AtomicBool);
+
+impl Overrun {
+    pub fn warn(&self, declared: u64, uri: &http::Uri) {
+        if !self.0.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                "application-written content exceeded the number of bytes specified by \
+                 Content-Length header ({declared}) while serving {uri}; the rest is dropped"
+            );
+        }
+    }
 }
 
 /// Why the producer should stop producing.
@@ -125,14 +144,8 @@ impl Outbuf {
             room: Condvar::new(),
             high_water,
             overflow,
-            truncation_logged: AtomicBool::new(false),
+            overrun: Overrun::default(),
         }
-    }
-
-    /// True the first time it is called: whoever notices the app writing
-    /// past its Content-Length logs it, once per response.
-    pub fn first_truncation(&self) -> bool {
-        !self.truncation_logged.swap(true, Ordering::Relaxed)
     }
 
     /// Whether pushing `len` more bytes would write to the spool file (the

@@ -12,10 +12,11 @@ use std::time::Duration;
 
 use pyo3::prelude::*;
 
-use super::Call;
 use super::dispatch::Dispatch;
-pub use super::dispatch::Refused;
-use super::worker;
+pub use super::dispatch::SubmitError;
+use super::outbuf;
+use super::{Call, worker};
+use crate::config::plan::{EnvironPlan, PoolPlan};
 
 impl Job {
     /// When it was queued.
@@ -35,18 +36,14 @@ pub(super) enum Job {
     Close(Py<PyAny>, std::time::Instant),
 }
 
-/// Settings the workers need, fixed at start-up.
-#[derive(Debug, Clone)]
-pub struct PoolConfig {
+/// What the Python threads need to know, fixed at start-up.
+#[derive(Debug)]
+pub(super) struct ThreadPlan {
     pub threads: usize,
-    /// Requests allowed to wait for a thread.
-    pub max_queue: usize,
-    pub output: super::outbuf::Limits,
+    pub output: outbuf::Limits,
     pub expose_tracebacks: bool,
-    pub url_scheme: String,
-    pub server_name: String,
-    pub server_software: String,
-    pub script_name: String,
+    /// The entries of every environ.
+    pub environ: EnvironPlan,
 }
 
 pub struct Pool {
@@ -71,11 +68,19 @@ pub enum Liveness {
 impl Pool {
     /// Starts the threads and waits until each has built its per-thread
     /// state, so a failure there stops start-up instead of the first request.
-    pub fn start(app: Py<PyAny>, config: PoolConfig) -> Result<Pool, String> {
-        let dispatch = Arc::new(Dispatch::new(config.max_queue, config.threads));
+    pub fn start(app: Py<PyAny>, plan: &PoolPlan, environ: &EnvironPlan) -> Result<Pool, String> {
+        let dispatch = Arc::new(Dispatch::new(plan.max_queue, plan.threads));
         let alive = Arc::new(AtomicUsize::new(0));
         let busy = Arc::new(AtomicUsize::new(0));
-        let config = Arc::new(config);
+        let config = Arc::new(ThreadPlan {
+            threads: plan.threads,
+            output: outbuf::Limits {
+                high_water: plan.outbuf_high_water,
+                overflow: plan.outbuf_overflow,
+            },
+            expose_tracebacks: plan.expose_tracebacks,
+            environ: environ.clone(),
+        });
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let mut threads = Vec::with_capacity(config.threads);
         for i in 0..config.threads {
@@ -114,7 +119,7 @@ impl Pool {
 
     /// Queues a request, unless `max_queue` requests are already waiting.
     /// A refused call (and its reply channel) is dropped.
-    pub fn submit(&self, call: Call) -> Result<(), Refused> {
+    pub fn submit(&self, call: Call) -> Result<(), SubmitError> {
         self.dispatch.submit_call(Job::Call(call))
     }
 

@@ -342,13 +342,10 @@ impl StartResponse {
     /// Records that the connection wants no more, logging once if the app
     /// is writing past its Content-Length.
     fn stopped(&mut self, outbuf: &Outbuf, why: Stop) {
-        if why == Stop::BodyComplete && outbuf.first_truncation() {
-            tracing::warn!(
-                "application-written content exceeded the number of bytes specified by \
-                 Content-Length header ({}) while serving {}; the rest is dropped",
-                self.content_length.unwrap_or(0),
-                self.uri
-            );
+        if why == Stop::BodyComplete {
+            outbuf
+                .overrun
+                .warn(self.content_length.unwrap_or(0), &self.uri);
         }
         self.phase = Phase::Stopped(why);
     }

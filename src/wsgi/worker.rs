@@ -17,7 +17,7 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 use super::dispatch::{Dispatch, Parker};
 use super::environ::{Entry, Var};
 use super::outbuf::Stop;
-use super::pool::{DeferredClose, Job, PoolConfig};
+use super::pool::{DeferredClose, Job, ThreadPlan};
 use super::start_response::{
     ClientDisconnected, Responders, StartResponse, chunk_bytes, wait_for_room,
 };
@@ -55,7 +55,7 @@ const GENERIC_500: &str = "The server encountered an unexpected internal server 
 
 pub(super) struct ThreadContext {
     pub app: Py<PyAny>,
-    pub config: Arc<PoolConfig>,
+    pub config: Arc<ThreadPlan>,
     pub dispatch: Arc<Dispatch>,
     pub ready: std::sync::mpsc::Sender<Result<(), String>>,
     /// Running threads (this one counts itself while in its loop).
@@ -201,7 +201,8 @@ fn collect_chunks<'py>(
     Ok(chunks)
 }
 
-enum Outcome {
+/// How a response left the app's thread.
+enum Delivery {
     Sent,
     /// `close()` will run when the I/O side is done (file responses).
     Deferred,
@@ -210,7 +211,7 @@ enum Outcome {
 
 struct Worker {
     app: Py<PyAny>,
-    config: Arc<PoolConfig>,
+    config: Arc<ThreadPlan>,
     dispatch: Arc<Dispatch>,
     template: Py<PyDict>,
     keys: Vec<Py<PyString>>,
@@ -232,16 +233,16 @@ impl Worker {
         let config = &ctx.config;
         let template = presized_dict(py, ENVIRON_ROOM)?;
         template.set_item("wsgi.version", PyTuple::new(py, [1, 0])?)?;
-        template.set_item("wsgi.url_scheme", &config.url_scheme)?;
+        template.set_item("wsgi.url_scheme", config.environ.scheme.as_str())?;
         template.set_item("wsgi.errors", Bound::new(py, ErrorStream::new())?)?;
         template.set_item("wsgi.multithread", config.threads > 1)?;
         template.set_item("wsgi.multiprocess", false)?;
         template.set_item("wsgi.run_once", false)?;
         template.set_item("wsgi.input_terminated", true)?;
         template.set_item("wsgi.file_wrapper", py.get_type::<FileWrapper>())?;
-        template.set_item("SERVER_SOFTWARE", &config.server_software)?;
-        template.set_item("SERVER_NAME", &config.server_name)?;
-        template.set_item("SCRIPT_NAME", &config.script_name)?;
+        template.set_item("SERVER_SOFTWARE", &config.environ.server_software)?;
+        template.set_item("SERVER_NAME", &config.environ.server_name)?;
+        template.set_item("SCRIPT_NAME", &config.environ.script_name)?;
         let keys = Var::ALL
             .iter()
             .map(|v| PyString::intern(py, v.name()).unbind())
@@ -305,9 +306,9 @@ impl Worker {
             Err(e) => self.failed(py, responder, &e, uri),
             Ok(iterable) => {
                 let deferred = match self.send_body(py, responder, &iterable) {
-                    Ok(Outcome::Deferred) => true,
-                    Ok(Outcome::Sent) => false,
-                    Ok(Outcome::Disconnected) => {
+                    Ok(Delivery::Deferred) => true,
+                    Ok(Delivery::Sent) => false,
+                    Ok(Delivery::Disconnected) => {
                         if !head {
                             tracing::info!("Client disconnected while serving {uri}");
                         }
@@ -404,10 +405,10 @@ impl Worker {
         py: Python<'_>,
         responder: &Bound<'_, StartResponse>,
         iterable: &Bound<'_, PyAny>,
-    ) -> PyResult<Outcome> {
+    ) -> PyResult<Delivery> {
         let gone = |r: Result<(), Stop>| match r {
-            Ok(()) | Err(Stop::BodyComplete) => Outcome::Sent,
-            Err(Stop::ClientGone) => Outcome::Disconnected,
+            Ok(()) | Err(Stop::BodyComplete) => Delivery::Sent,
+            Err(Stop::ClientGone) => Delivery::Disconnected,
         };
         // A list or tuple is the whole body: send it in one piece, with a
         // Content-Length, so even HTTP/1.0 clients can keep the connection.
@@ -444,10 +445,10 @@ impl Worker {
                         close,
                     };
                     return Ok(match responder.borrow_mut().send_file(body)? {
-                        Ok(()) => Outcome::Deferred,
+                        Ok(()) => Delivery::Deferred,
                         Err(_) => {
                             tracing::info!("Client disconnected before a file response");
-                            Outcome::Deferred
+                            Delivery::Deferred
                         }
                     });
                 }

@@ -1,6 +1,7 @@
-//! Listening sockets: binding every address the settings name (TCP,
-//! IPv4 and IPv6, Unix sockets, PROXY-protocol listeners, the admin
-//! listener) and taking over sockets passed by systemd socket activation.
+//! Listening sockets: the syntax of a listen address, binding every
+//! address the plan names (TCP, IPv4 and IPv6, Unix sockets,
+//! PROXY-protocol listeners, the admin listener), and taking over sockets
+//! passed by systemd socket activation or by the supervisor.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -10,8 +11,97 @@ use std::sync::Arc;
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-use crate::config::{ListenSpec, Settings, display_addr};
 use crate::proxy::TrustList;
+
+/// Waitress's default port, for a listen address written without one.
+pub const DEFAULT_PORT: u16 = 8080;
+
+/// A TCP address as a setting names it: a host (name, address or `*`) and
+/// a port. Names are resolved when binding, to all their addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPort {
+    pub host: String,
+    pub port: u16,
+}
+
+impl HostPort {
+    /// Accepts `host:port`, `[v6]:port`, `*:port`, a bare host (port
+    /// 8080) and a bare `:port` (every IPv4 address).
+    pub fn parse(entry: &str) -> Result<HostPort, String> {
+        let entry = entry.trim();
+        let bad = |why: &str| format!("`{entry}` is not a valid listen address: {why}");
+        if entry.is_empty() {
+            return Err(bad("it is empty"));
+        }
+        let (host, port) = if let Some(rest) = entry.strip_prefix('[') {
+            let (host, after) = rest
+                .split_once(']')
+                .ok_or_else(|| bad("an IPv6 address needs a closing `]`"))?;
+            if host.parse::<Ipv6Addr>().is_err() {
+                return Err(bad("the part in brackets is not an IPv6 address"));
+            }
+            match after {
+                "" => (host.to_owned(), None),
+                _ => match after.strip_prefix(':') {
+                    Some(port) => (host.to_owned(), Some(port)),
+                    None => return Err(bad("expected `:PORT` after the `]`")),
+                },
+            }
+        } else if entry.matches(':').count() > 1 {
+            return Err(bad("write IPv6 addresses in brackets, as [::1]:8080"));
+        } else {
+            match entry.split_once(':') {
+                Some((host, port)) => (host.to_owned(), Some(port)),
+                None => (entry.to_owned(), None),
+            }
+        };
+        let port = match port {
+            None => DEFAULT_PORT,
+            Some(p) => p
+                .parse::<u16>()
+                .map_err(|_| bad("the port must be a number from 0 to 65535"))?,
+        };
+        let host = if host.is_empty() {
+            "0.0.0.0".to_owned()
+        } else {
+            host
+        };
+        Ok(HostPort { host, port })
+    }
+}
+
+/// Where the server accepts connections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenSpec {
+    Tcp(HostPort),
+    Unix { path: PathBuf, perms: u32 },
+}
+
+/// Every socket to listen on, as the settings describe them.
+#[derive(Debug, Clone)]
+pub struct ListenPlan {
+    /// The app's listeners (no duplicates).
+    pub app: Vec<ListenSpec>,
+    /// Listeners whose connections start with a PROXY protocol header.
+    pub proxy_protocol: Vec<HostPort>,
+    /// The load balancers allowed to connect to those.
+    pub proxy_protocol_trusted: Arc<TrustList>,
+    /// The admin listener's addresses (probes and metrics).
+    pub admin: Vec<HostPort>,
+    /// Which address families `*` and host names resolve to.
+    pub ipv4: bool,
+    pub ipv6: bool,
+    /// The `listen()` backlog of each app listener.
+    pub backlog: i32,
+}
+
+/// Renders a bound address the way users type it.
+pub fn display_addr(addr: &SocketAddr) -> String {
+    match addr {
+        SocketAddr::V4(a) => a.to_string(),
+        SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
+    }
+}
 
 /// A bound socket, before the runtime adopts it.
 pub enum Bound {
@@ -108,13 +198,13 @@ impl Bound {
 
 /// A listener handed down by the supervisor (see [`Bound::kind`]). A Unix
 /// socket's file belongs to the supervisor, which removes it.
-pub fn inherit(fd: OwnedFd, kind: &str, settings: &Settings) -> Result<Bound, BindError> {
+pub fn inherit(fd: OwnedFd, kind: &str, plan: &ListenPlan) -> Result<Bound, BindError> {
     match adopt(fd, "a socket from the supervisor")? {
-        Bound::Tcp(listener, addr) if kind == "proxy" => {
-            let trusted = TrustList::parse(&settings.proxy_protocol.trusted)
-                .map_err(|e| bind_error("proxy_protocol.trusted", e))?;
-            Ok(Bound::ProxyProtocol(listener, addr, Arc::new(trusted)))
-        }
+        Bound::Tcp(listener, addr) if kind == "proxy" => Ok(Bound::ProxyProtocol(
+            listener,
+            addr,
+            Arc::clone(&plan.proxy_protocol_trusted),
+        )),
         bound => Ok(bound),
     }
 }
@@ -181,64 +271,52 @@ pub fn take_activated_sockets() -> Vec<OwnedFd> {
     fds
 }
 
-/// Binds every listener the settings name. Names resolve to all their
+/// Binds every listener the plan names. Names resolve to all their
 /// addresses; `*` means every address of the enabled families, each IPv6
 /// socket being IPv6-only so it can coexist with the IPv4 one (as Waitress).
-/// Sockets from systemd replace `listen` and `unix_socket`.
-pub fn bind(settings: &Settings, activated: Vec<OwnedFd>) -> Result<Vec<Bound>, BindError> {
+/// Sockets from systemd replace the app's listeners.
+pub fn bind(plan: &ListenPlan, activated: Vec<OwnedFd>) -> Result<Vec<Bound>, BindError> {
     let mut bound = Vec::new();
-    let specs = if activated.is_empty() {
-        settings.listen_specs()
+    let specs: &[ListenSpec] = if activated.is_empty() {
+        &plan.app
     } else {
         for fd in activated {
             bound.push(adopt(fd, "a socket from systemd")?);
         }
-        Vec::new()
+        &[]
     };
     for spec in specs {
         match spec {
-            ListenSpec::Tcp { host, port } => {
-                for addr in resolve(&host, port, settings.ipv4, settings.ipv6)? {
+            ListenSpec::Tcp(at) => {
+                for addr in resolve(at, plan)? {
                     if bound
                         .iter()
                         .any(|b| matches!(b, Bound::Tcp(_, a) | Bound::ProxyProtocol(_, a, _) if *a == addr))
                     {
                         continue;
                     }
-                    let listener = bind_tcp(addr, settings.backlog)
-                        .map_err(|e| bind_error(display_addr(&addr), e))?;
-                    let local = listener
-                        .local_addr()
-                        .map_err(|e| bind_error(display_addr(&addr), e))?;
+                    let (listener, local) = bind_tcp(addr, plan.backlog, "")?;
                     bound.push(Bound::Tcp(listener, local));
                 }
             }
             ListenSpec::Unix { path, perms } => {
-                let listener = bind_unix(&path, perms, settings.backlog)?;
+                let listener = bind_unix(path, *perms, plan.backlog)?;
                 bound.push(Bound::Unix {
                     listener,
-                    path,
+                    path: path.clone(),
                     owned: true,
                 });
             }
         }
     }
-    let pp = &settings.proxy_protocol;
-    if !pp.listen.is_empty() {
-        let trusted = Arc::new(
-            TrustList::parse(&pp.trusted).map_err(|e| bind_error("proxy_protocol.trusted", e))?,
-        );
-        for entry in &pp.listen {
-            let (host, port) =
-                crate::config::parse_listen(entry).map_err(|e| bind_error(entry.clone(), e))?;
-            for addr in resolve(&host, port, settings.ipv4, settings.ipv6)? {
-                let listener = bind_tcp(addr, settings.backlog)
-                    .map_err(|e| bind_error(display_addr(&addr), e))?;
-                let local = listener
-                    .local_addr()
-                    .map_err(|e| bind_error(display_addr(&addr), e))?;
-                bound.push(Bound::ProxyProtocol(listener, local, Arc::clone(&trusted)));
-            }
+    for at in &plan.proxy_protocol {
+        for addr in resolve(at, plan)? {
+            let (listener, local) = bind_tcp(addr, plan.backlog, "")?;
+            bound.push(Bound::ProxyProtocol(
+                listener,
+                local,
+                Arc::clone(&plan.proxy_protocol_trusted),
+            ));
         }
     }
     Ok(bound)
@@ -267,27 +345,25 @@ fn adopt(fd: OwnedFd, from: &str) -> Result<Bound, BindError> {
     })
 }
 
+/// The admin listener's backlog: probes and scrapes need few.
+const ADMIN_BACKLOG: i32 = 64;
+
 /// Binds the admin listener(s).
 pub fn bind_admin(
-    settings: &Settings,
+    plan: &ListenPlan,
 ) -> Result<Vec<(std::net::TcpListener, SocketAddr)>, BindError> {
     let mut out = Vec::new();
-    for entry in &settings.admin_listen {
-        let (host, port) =
-            crate::config::parse_listen(entry).map_err(|e| bind_error(entry.clone(), e))?;
-        for addr in resolve(&host, port, settings.ipv4, settings.ipv6)? {
-            let listener = bind_tcp(addr, 64)
-                .map_err(|e| bind_error(format!("{} (admin)", display_addr(&addr)), e))?;
-            let local = listener
-                .local_addr()
-                .map_err(|e| bind_error(display_addr(&addr), e))?;
-            out.push((listener, local));
+    for at in &plan.admin {
+        for addr in resolve(at, plan)? {
+            out.push(bind_tcp(addr, ADMIN_BACKLOG, " (admin)")?);
         }
     }
     Ok(out)
 }
 
-fn resolve(host: &str, port: u16, ipv4: bool, ipv6: bool) -> Result<Vec<SocketAddr>, BindError> {
+fn resolve(at: &HostPort, plan: &ListenPlan) -> Result<Vec<SocketAddr>, BindError> {
+    let HostPort { host, port } = at;
+    let (port, ipv4, ipv6) = (*port, plan.ipv4, plan.ipv6);
     let what = || format!("{host}:{port}");
     if host == "*" {
         let mut addrs = Vec::new();
@@ -302,7 +378,7 @@ fn resolve(host: &str, port: u16, ipv4: bool, ipv6: bool) -> Result<Vec<SocketAd
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(vec![SocketAddr::new(ip, port)]);
     }
-    let addrs: Vec<SocketAddr> = (host, port)
+    let addrs: Vec<SocketAddr> = (host.as_str(), port)
         .to_socket_addrs()
         .map_err(|e| bind_error(what(), format!("cannot resolve the host name: {e}")))?
         .filter(|a| (a.is_ipv4() && ipv4) || (a.is_ipv6() && ipv6))
@@ -316,22 +392,34 @@ fn resolve(host: &str, port: u16, ipv4: bool, ipv6: bool) -> Result<Vec<SocketAd
     Ok(addrs)
 }
 
-fn bind_tcp(addr: SocketAddr, backlog: usize) -> std::io::Result<std::net::TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(true)?;
-    }
-    socket.bind(&addr.into())?;
-    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
-    socket.set_nonblocking(true)?;
-    Ok(socket.into())
+/// A listening TCP socket on `addr` and the address it got; `role` is
+/// added to the address in errors.
+fn bind_tcp(
+    addr: SocketAddr,
+    backlog: i32,
+    role: &str,
+) -> Result<(std::net::TcpListener, SocketAddr), BindError> {
+    let what = || format!("{}{role}", display_addr(&addr));
+    let listen = || -> std::io::Result<std::net::TcpListener> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        if addr.is_ipv6() {
+            socket.set_only_v6(true)?;
+        }
+        socket.bind(&addr.into())?;
+        socket.listen(backlog)?;
+        socket.set_nonblocking(true)?;
+        Ok(socket.into())
+    };
+    let listener = listen().map_err(|e| bind_error(what(), e))?;
+    let local = listener.local_addr().map_err(|e| bind_error(what(), e))?;
+    Ok((listener, local))
 }
 
 fn bind_unix(
     path: &Path,
     perms: u32,
-    backlog: usize,
+    backlog: i32,
 ) -> Result<std::os::unix::net::UnixListener, BindError> {
     let what = || format!("unix:{}", path.display());
     // A socket file left by an earlier run is removed, as Waitress does;
@@ -351,11 +439,44 @@ fn bind_unix(
     socket.bind(&addr).map_err(|e| bind_error(what(), e))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(perms))
         .map_err(|e| bind_error(what(), format!("cannot set permissions: {e}")))?;
-    socket
-        .listen(i32::try_from(backlog).unwrap_or(i32::MAX))
-        .map_err(|e| bind_error(what(), e))?;
+    socket.listen(backlog).map_err(|e| bind_error(what(), e))?;
     socket
         .set_nonblocking(true)
         .map_err(|e| bind_error(what(), e))?;
     Ok(socket.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(host: &str, port: u16) -> Result<HostPort, String> {
+        Ok(HostPort {
+            host: host.into(),
+            port,
+        })
+    }
+
+    #[test]
+    fn listen_entries() {
+        assert_eq!(HostPort::parse("127.0.0.1:0"), at("127.0.0.1", 0));
+        assert_eq!(HostPort::parse("[::1]:9000"), at("::1", 9000));
+        assert_eq!(HostPort::parse("[::]"), at("::", 8080));
+        assert_eq!(HostPort::parse("*:80"), at("*", 80));
+        assert_eq!(HostPort::parse("localhost"), at("localhost", 8080));
+        assert_eq!(HostPort::parse(":81"), at("0.0.0.0", 81));
+        let err = |entry| HostPort::parse(entry).expect_err("invalid");
+        assert!(err("::1:80").contains("brackets"));
+        assert!(err("host:http").contains("port"));
+        assert!(HostPort::parse("[nope]:80").is_err());
+        assert!(HostPort::parse("host:70000").is_err());
+    }
+
+    #[test]
+    fn addresses_display_as_typed() {
+        let v6: SocketAddr = "[::1]:80".parse().expect("addr");
+        assert_eq!(display_addr(&v6), "[::1]:80");
+        let v4: SocketAddr = "10.0.0.1:8080".parse().expect("addr");
+        assert_eq!(display_addr(&v4), "10.0.0.1:8080");
+    }
 }

@@ -1,6 +1,7 @@
 //! The decision corpus: every case a request with forwarding headers can
-//! be in, run through the production path ([`resolve`] and then the
-//! environ builder) and checked against the environ the app must see.
+//! be in, run through the production path (the settings turned into a
+//! plan, `proxy::resolve` and then the environ builder) and checked
+//! against the environ the app must see.
 //!
 //! Cases 1-31 are the cases of Waitress's own `test_proxy_headers.py`,
 //! restated here (setup as there: peer 127.0.0.1, `Host: 192.168.1.1:80`,
@@ -13,9 +14,9 @@ use std::net::{IpAddr, SocketAddr};
 
 use http::{HeaderMap, HeaderName, HeaderValue, Uri, Version};
 
-use super::*;
-use crate::config::Proxy;
-use crate::wsgi::environ::{self, EnvironConfig, Head, Peer};
+use maitred::config::{Plan, Problem, Proxy, Settings};
+use maitred::proxy::{Forwarding, Header, HeaderSet, Malformed, TrustList, resolve};
+use maitred::wsgi::environ::{self, Entry, Peer, RequestHead};
 
 /// Marks a key that must not be in the environ.
 const ABSENT: &str = "<absent>";
@@ -341,21 +342,24 @@ const CASES: &[Case] = &[
         &[("forwarded", "for=192.0.2.1"), ("x-forwarded-prefix", "/api")], Env(&[("SCRIPT_NAME", "/api"), ("REMOTE_ADDR", "192.0.2.1")])),
 ];
 
-fn config(c: &Case) -> ProxyConfig {
-    let proxy = Proxy {
-        trusted: c.trusted.iter().map(|s| (*s).to_owned()).collect(),
-        count: c.count,
-        headers: c.headers.iter().map(|s| (*s).to_owned()).collect(),
-        clear_untrusted: c.clear,
-        log_untrusted: false,
+/// The plan a case's settings make (scheme http, no url_prefix).
+fn plan(c: &Case) -> Plan {
+    let settings = Settings {
+        proxy: Proxy {
+            trusted: c.trusted.iter().map(|s| (*s).to_owned()).collect(),
+            count: c.count,
+            headers: c.headers.iter().map(|s| (*s).to_owned()).collect(),
+            clear_untrusted: c.clear,
+            log_untrusted: false,
+        },
+        ..Settings::default()
     };
-    ProxyConfig::from_settings(&proxy, "http")
-        .unwrap_or_else(|e| panic!("{}: bad config {e:?}", c.name))
+    Plan::build(&settings).unwrap_or_else(|e| panic!("{}: bad settings {e:?}", c.name))
 }
 
 /// Runs a case through resolve and the environ builder; the environ as a
 /// map of the keys the cases talk about.
-fn run(c: &Case) -> Result<std::collections::HashMap<String, String>, super::Malformed> {
+fn run(c: &Case) -> Result<std::collections::HashMap<String, String>, Malformed> {
     let mut headers = HeaderMap::new();
     headers.append("host", HeaderValue::from_static("192.168.1.1:80"));
     for (name, value) in c.request {
@@ -375,20 +379,22 @@ fn run(c: &Case) -> Result<std::collections::HashMap<String, String>, super::Mal
             (peer, Some(ip))
         }
     };
-    let outcome = resolve(peer_ip, &Forwarding::from_headers(&headers), &config(c))?;
+    let plan = plan(c);
+    let verdict = resolve(
+        peer_ip,
+        &Forwarding::from_headers(&headers),
+        &plan.gateway.proxy,
+        plan.environ.scheme,
+    )?;
     let uri: Uri = "/".parse().expect("uri");
-    let head = Head {
+    let head = RequestHead {
         method: "GET",
         uri: &uri,
         version: Version::HTTP_11,
         headers: &headers,
         body_len: None,
     };
-    let cfg = EnvironConfig {
-        script_name: String::new(),
-        unix_port: "80",
-    };
-    let cgi = environ::cgi_vars(&head, &peer, &cfg, &outcome);
+    let cgi = environ::cgi_vars(&head, &peer, &plan.environ, &verdict);
     // The template entries every request starts with (as the worker's).
     let mut env: std::collections::HashMap<String, String> = [
         ("wsgi.url_scheme", "http"),
@@ -400,10 +406,10 @@ fn run(c: &Case) -> Result<std::collections::HashMap<String, String>, super::Mal
     .collect();
     for entry in cgi.iter() {
         match entry {
-            crate::wsgi::environ::Entry::Var(var, value) => {
+            Entry::Var(var, value) => {
                 env.insert(var.name().to_owned(), value.to_owned());
             }
-            crate::wsgi::environ::Entry::Header(key, value) => {
+            Entry::Header(key, value) => {
                 env.insert(key.to_owned(), value.to_owned());
             }
         }
@@ -469,53 +475,52 @@ fn malformed_bodies_name_the_header() {
 
 #[test]
 fn configuration_rules() {
-    let proxy = |trusted: &[&str], count: Option<u32>, headers: &[&str]| Proxy {
-        trusted: trusted.iter().map(|s| (*s).to_owned()).collect(),
-        count,
-        headers: headers.iter().map(|s| (*s).to_owned()).collect(),
-        clear_untrusted: true,
-        log_untrusted: false,
+    let proxy = |trusted: &[&str], count: Option<u32>, headers: &[&str]| Settings {
+        proxy: Proxy {
+            trusted: trusted.iter().map(|s| (*s).to_owned()).collect(),
+            count,
+            headers: headers.iter().map(|s| (*s).to_owned()).collect(),
+            clear_untrusted: true,
+            log_untrusted: false,
+        },
+        ..Settings::default()
     };
-    let problems = |p: Proxy| {
-        ProxyConfig::from_settings(&p, "http")
-            .err()
-            .unwrap_or_default()
-    };
+    let problems = |s: Settings| -> Vec<Problem> { Plan::build(&s).err().unwrap_or_default() };
     assert_eq!(
-        problems(proxy(&["10.0.0.300/8"], None, &[]))[0].0,
+        problems(proxy(&["10.0.0.300/8"], None, &[]))[0].key,
         "proxy.trusted"
     );
     assert!(
         problems(proxy(&["10.0.0.300/8"], None, &[]))[0]
-            .1
+            .message
             .contains("`10.0.0.300/8` is not an IP address, a CIDR range")
     );
-    assert_eq!(
-        problems(proxy(&["*"], None, &["x-real-ip"]))[0].0,
-        "proxy.headers"
+    let unknown = &problems(proxy(&["*"], None, &["x-real-ip"]))[0];
+    assert_eq!(unknown.key, "proxy.headers");
+    assert!(
+        unknown.message.ends_with(
+            "use x-forwarded-for, x-forwarded-host, x-forwarded-proto, x-forwarded-port, \
+             x-forwarded-by, x-forwarded-prefix or forwarded"
+        ),
+        "{}",
+        unknown.message
     );
     assert!(
         problems(proxy(&["*"], None, &["forwarded", "x-forwarded-for"]))[0]
-            .1
+            .message
             .contains("cannot be combined")
     );
-    assert_eq!(problems(proxy(&[], Some(2), &[]))[0].0, "proxy.count");
+    assert_eq!(problems(proxy(&[], Some(2), &[]))[0].key, "proxy.count");
     assert_eq!(
-        problems(proxy(&[], None, &["x-forwarded-for"]))[0].0,
+        problems(proxy(&[], None, &["x-forwarded-for"]))[0].key,
         "proxy.headers"
     );
-    assert_eq!(problems(proxy(&["*"], Some(0), &[]))[0].0, "proxy.count");
+    assert_eq!(problems(proxy(&["*"], Some(0), &[]))[0].key, "proxy.count");
     // Waitress's implicit default: only X-Forwarded-Proto.
-    let cfg = ProxyConfig::from_settings(&proxy(&["10.0.0.1"], None, &[]), "http").expect("valid");
-    assert_eq!(cfg.headers, HeaderSet::of(&[Header::Proto]));
+    let plan = Plan::build(&proxy(&["10.0.0.1"], None, &[])).expect("valid");
+    assert_eq!(plan.gateway.proxy.headers, HeaderSet::of(&[Header::Proto]));
     // `forwarded` with the prefix header is allowed.
-    assert!(
-        ProxyConfig::from_settings(
-            &proxy(&["*"], None, &["forwarded", "x-forwarded-prefix"]),
-            "http"
-        )
-        .is_ok()
-    );
+    assert!(Plan::build(&proxy(&["*"], None, &["forwarded", "x-forwarded-prefix"])).is_ok());
     // Host bits of a CIDR are normalised, IPv4-mapped entries are unwrapped.
     let t = TrustList::parse(&["10.1.2.3/8".into(), "::ffff:192.0.2.1".into()]).expect("valid");
     assert!(t.trusts_ip("10.200.0.1".parse().expect("ip")));
