@@ -11,6 +11,8 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
+use pyo3::{Py, PyAny};
+
 use crate::access::AccessLog;
 use crate::config::{Loaded, Plan};
 use crate::connection::ConnectionTimeout;
@@ -107,7 +109,8 @@ pub fn run(plan: &Plan, handover: Handover) -> Result<u8, Failure> {
         return workers::supervise(&plan.listen, plan.workers, &plan.drain, activated)
             .map_err(Failure::Workers);
     }
-    let shared = Arc::new(start_app(plan)?);
+    let app = start_python(plan)?;
+    let shared = Arc::new(shared(plan, app)?);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("maitred-io")
@@ -134,9 +137,8 @@ pub fn seed(m: &Metrics) {
     m.connection_timeouts.seed::<ConnectionTimeout>();
 }
 
-/// Python, the app and its threads, and the access log: everything the
-/// request path shares.
-fn start_app(plan: &Plan) -> Result<Shared, Failure> {
+/// Starts Python and imports the app (or the demo). Once per process.
+pub fn start_python(plan: &Plan) -> Result<Py<PyAny>, Failure> {
     let python = interpreter::initialize(&plan.app)?;
     tracing::info!(
         "maitred {} running Python {} (sys.prefix {}, executable {})",
@@ -165,13 +167,6 @@ fn start_app(plan: &Plan) -> Result<Shared, Failure> {
         app.label,
         plan.pool.threads
     );
-    let pool = wsgi::Pool::start(app.app, &plan.pool, &plan.environ).map_err(Failure::Pool)?;
-    let access = plan
-        .log
-        .access
-        .map(AccessLog::start)
-        .transpose()
-        .map_err(Failure::io("cannot start the access log writer"))?;
     metrics::get().describe(
         plan.connections.limit,
         plan.pool.max_queue,
@@ -182,6 +177,19 @@ fn start_app(plan: &Plan) -> Result<Shared, Failure> {
             .next()
             .unwrap_or("unknown"),
     );
+    Ok(app.app)
+}
+
+/// The app's Python threads and the access log: everything the request
+/// path shares.
+pub fn shared(plan: &Plan, app: Py<PyAny>) -> Result<Shared, Failure> {
+    let pool = wsgi::Pool::start(app, &plan.pool, &plan.environ).map_err(Failure::Pool)?;
+    let access = plan
+        .log
+        .access
+        .map(AccessLog::start)
+        .transpose()
+        .map_err(Failure::io("cannot start the access log writer"))?;
     Ok(Shared {
         pool,
         health: Health::default(),

@@ -240,9 +240,17 @@ fn every_module_and_item_the_document_names_exists() {
         if name.contains('/') && !name.contains(' ') {
             // A path in the repository.
             let path = name.trim_end_matches('/');
-            if ["src/", "tests/", "docs/", "scripts/", "config/", "dashboards/", "deploy/"]
-                .iter()
-                .any(|p| path.starts_with(p))
+            if [
+                "src/",
+                "tests/",
+                "docs/",
+                "scripts/",
+                "config/",
+                "dashboards/",
+                "deploy/",
+            ]
+            .iter()
+            .any(|p| path.starts_with(p))
             {
                 assert!(root().join(path).exists(), "{name} does not exist");
                 checked += 1;
@@ -299,5 +307,8 @@ fn every_module_and_item_the_document_names_exists() {
             );
         }
     }
-    assert!(checked > 30, "only {checked} names checked: is the doc there?");
+    assert!(
+        checked > 30,
+        "only {checked} names checked: is the doc there?"
+    );
 }

@@ -75,6 +75,7 @@ pub async fn serve(
         stop: stop_rx,
     };
     let mut socket_files = SocketFiles::of(&listeners);
+    let mut accepting = Vec::new();
     for bound in listeners {
         let listener = match bound {
             Bound::Tcp(l, _) => Listener::Tcp(TcpListener::from_std(l)?),
@@ -83,7 +84,7 @@ pub async fn serve(
                 Listener::ProxyProtocol(TcpListener::from_std(l)?, trusted)
             }
         };
-        tokio::spawn(accept_loop(listener, ctx.clone()));
+        accepting.push(tokio::spawn(accept_loop(listener, ctx.clone())));
     }
     shared.health.ready.store(true, Ordering::Release);
 
@@ -103,7 +104,12 @@ pub async fn serve(
         again = stops.next() => Some(again),
     };
 
+    // Each accept loop drops its listener as it returns: once they have,
+    // new connections are refused.
     let _ = stop_tx.send(true);
+    for task in accepting {
+        let _ = task.await;
+    }
     socket_files.remove();
     if let Some(again) = interrupted {
         return Ok(again_before_done(&registry, again));
