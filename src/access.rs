@@ -2,7 +2,7 @@
 //! as one JSON object per line, on stdout (server logs go to stderr).
 //!
 //! Off by default, as in Waitress (which leaves it to middleware). When it
-//! is on, the request path only fills an [`Entry`] and hands it to a
+//! is on, the request path only fills an [`AccessEntry`] and hands it to a
 //! bounded channel; a dedicated thread formats and writes, batching lines
 //! into one write while the channel has more. A full channel (stdout
 //! blocked, e.g. a stalled log shipper) drops entries and counts them in
@@ -39,7 +39,7 @@ impl AccessFormat {
 
 /// One finished request, as the log shows it.
 #[derive(Debug, Clone)]
-pub struct Entry {
+pub struct AccessEntry {
     /// When the request head had been received.
     pub time: SystemTime,
     /// The client after trusted-proxy resolution (`REMOTE_ADDR`).
@@ -61,7 +61,7 @@ pub struct Entry {
 }
 
 enum Message {
-    Entry(Box<Entry>),
+    AccessEntry(Box<AccessEntry>),
     /// Write everything queued so far, then answer.
     Flush(Sender<()>),
 }
@@ -96,8 +96,8 @@ impl AccessLog {
     }
 
     /// Queues one entry; never blocks.
-    pub fn log(&self, entry: Entry) {
-        match self.tx.try_send(Message::Entry(Box::new(entry))) {
+    pub fn log(&self, entry: AccessEntry) {
+        match self.tx.try_send(Message::AccessEntry(Box::new(entry))) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => crate::metrics::get().access_log_dropped.inc(),
             Err(TrySendError::Disconnected(_)) => {}
@@ -124,7 +124,7 @@ fn write_loop<W: Write>(format: AccessFormat, out: W, rx: Receiver<Message>) {
         // Everything already queued goes out in one write.
         while let Some(message) = next {
             match message {
-                Message::Entry(entry) => {
+                Message::AccessEntry(entry) => {
                     line.clear();
                     match format {
                         AccessFormat::Combined => combined(&entry, &mut line),
@@ -157,7 +157,7 @@ fn report(failed: &mut bool, e: &std::io::Error) {
 }
 
 /// `10.0.0.7 - - [24/Nov/2026:00:27:23 +0000] "GET /x HTTP/1.1" 200 512 "-" "curl/8"`
-pub fn combined(e: &Entry, out: &mut String) {
+pub fn combined(e: &AccessEntry, out: &mut String) {
     use std::fmt::Write as _;
     let (y, mo, d, h, mi, s, _) = civil(e.time);
     const MONTHS: [&str; 12] = [
@@ -189,7 +189,7 @@ pub fn combined(e: &Entry, out: &mut String) {
 }
 
 /// One JSON object with OpenTelemetry attribute names.
-pub fn json(e: &Entry, out: &mut String) {
+pub fn json(e: &AccessEntry, out: &mut String) {
     let (path, query) = match e.target.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (e.target.as_str(), None),
@@ -304,8 +304,8 @@ mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
 
-    fn entry() -> Entry {
-        Entry {
+    fn entry() -> AccessEntry {
+        AccessEntry {
             // 2026-11-24T00:27:23.600Z
             time: UNIX_EPOCH + Duration::from_millis(1_795_480_043_600),
             client: "10.0.0.7".into(),
@@ -391,7 +391,7 @@ mod tests {
         let sink = Shared::default();
         let log = AccessLog::start_with(AccessFormat::Combined, sink.clone()).expect("start");
         for status in [200, 404, 500] {
-            log.log(Entry { status, ..entry() });
+            log.log(AccessEntry { status, ..entry() });
         }
         log.flush(Duration::from_secs(5));
         let text = String::from_utf8(sink.0.lock().expect("lock").clone()).expect("utf-8");

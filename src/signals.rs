@@ -1,4 +1,4 @@
-//! The signals that stop maitred, turned into [`Stop`] requests. Installed
+//! The signals that stop maitred, turned into [`StopRequest`]s. Installed
 //! once per process, in one place, for a single server and for the
 //! supervisor of `workers = N` alike; the server and the supervisor take
 //! the requests as a value ([`StopRequests`]) and decide what they mean.
@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 
 /// A request to stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stop {
+pub enum StopRequest {
     /// SIGTERM: drain (the orchestrator's way).
     Term,
     /// SIGINT: drain (Ctrl-C).
@@ -17,34 +17,34 @@ pub enum Stop {
     Quit,
 }
 
-impl Stop {
+impl StopRequest {
     pub fn name(self) -> &'static str {
         match self {
-            Stop::Term => "SIGTERM",
-            Stop::Interrupt => "SIGINT",
-            Stop::Quit => "SIGQUIT",
+            StopRequest::Term => "SIGTERM",
+            StopRequest::Interrupt => "SIGINT",
+            StopRequest::Quit => "SIGQUIT",
         }
     }
 
     /// The signal number, for passing the request on to workers.
     pub fn signal(self) -> libc::c_int {
         match self {
-            Stop::Term => libc::SIGTERM,
-            Stop::Interrupt => libc::SIGINT,
-            Stop::Quit => libc::SIGQUIT,
+            StopRequest::Term => libc::SIGTERM,
+            StopRequest::Interrupt => libc::SIGINT,
+            StopRequest::Quit => libc::SIGQUIT,
         }
     }
 
     /// Ends the process without a drain.
     pub fn is_immediate(self) -> bool {
-        self == Stop::Quit
+        self == StopRequest::Quit
     }
 }
 
 /// Where stop requests come from: the process's signals, or (in tests) a
 /// sender held by the test.
 pub struct StopRequests {
-    rx: mpsc::UnboundedReceiver<Stop>,
+    rx: mpsc::UnboundedReceiver<StopRequest>,
 }
 
 impl StopRequests {
@@ -59,9 +59,9 @@ impl StopRequests {
         tokio::spawn(async move {
             loop {
                 let stop = tokio::select! {
-                    _ = term.recv() => Stop::Term,
-                    _ = interrupt.recv() => Stop::Interrupt,
-                    _ = quit.recv() => Stop::Quit,
+                    _ = term.recv() => StopRequest::Term,
+                    _ = interrupt.recv() => StopRequest::Interrupt,
+                    _ = quit.recv() => StopRequest::Quit,
                 };
                 if tx.send(stop).is_err() {
                     return;
@@ -72,13 +72,13 @@ impl StopRequests {
     }
 
     /// Requests sent by hand: for tests and for embedding.
-    pub fn channel() -> (mpsc::UnboundedSender<Stop>, StopRequests) {
+    pub fn channel() -> (mpsc::UnboundedSender<StopRequest>, StopRequests) {
         let (tx, rx) = mpsc::unbounded_channel();
         (tx, StopRequests { rx })
     }
 
     /// The next request; pending forever once no request can come.
-    pub async fn next(&mut self) -> Stop {
+    pub async fn next(&mut self) -> StopRequest {
         match self.rx.recv().await {
             Some(stop) => stop,
             None => std::future::pending().await,
@@ -93,19 +93,19 @@ mod tests {
     #[tokio::test]
     async fn requests_arrive_in_order_and_then_never() {
         let (tx, mut stops) = StopRequests::channel();
-        tx.send(Stop::Term).expect("open");
-        tx.send(Stop::Quit).expect("open");
+        tx.send(StopRequest::Term).expect("open");
+        tx.send(StopRequest::Quit).expect("open");
         drop(tx);
-        assert_eq!(stops.next().await, Stop::Term);
-        assert_eq!(stops.next().await, Stop::Quit);
+        assert_eq!(stops.next().await, StopRequest::Term);
+        assert_eq!(stops.next().await, StopRequest::Quit);
         let none = tokio::time::timeout(std::time::Duration::from_millis(20), stops.next());
         assert!(none.await.is_err(), "no sender left: nothing more comes");
     }
 
     #[test]
     fn only_quit_skips_the_drain() {
-        assert!(Stop::Quit.is_immediate());
-        assert!(!Stop::Term.is_immediate() && !Stop::Interrupt.is_immediate());
-        assert_eq!(Stop::Interrupt.signal(), libc::SIGINT);
+        assert!(StopRequest::Quit.is_immediate());
+        assert!(!StopRequest::Term.is_immediate() && !StopRequest::Interrupt.is_immediate());
+        assert_eq!(StopRequest::Interrupt.signal(), libc::SIGINT);
     }
 }

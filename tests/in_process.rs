@@ -14,7 +14,7 @@ use maitred::gateway::service::Shared;
 use maitred::listen::{self, Bound};
 use maitred::process;
 use maitred::server;
-use maitred::signals::{Stop, StopRequests};
+use maitred::signals::{StopRequest, StopRequests};
 use pyo3::{Py, PyAny, Python};
 
 /// A plan on 127.0.0.1 port 0, without the admin listener, serving the
@@ -82,7 +82,7 @@ fn serves_and_drains_when_asked_to_stop() {
     assert!(response.contains("maitred"), "{response}");
     assert!(shared.health.ready.load(Ordering::Acquire));
 
-    stop.send(Stop::Term).expect("the server listens");
+    stop.send(StopRequest::Term).expect("the server listens");
     let code = runtime
         .block_on(async { tokio::time::timeout(Duration::from_secs(15), served).await })
         .expect("drained in time")
@@ -98,7 +98,7 @@ fn serves_and_drains_when_asked_to_stop() {
 
 /// Runs a server with paused time, sends `stops` once it is ready, and
 /// returns its exit code and how much (virtual) time the drain took.
-fn drain_in_paused_time(plan: &Plan, stops_to_send: &[Stop]) -> (u8, Duration) {
+fn drain_in_paused_time(plan: &Plan, stops_to_send: &[StopRequest]) -> (u8, Duration) {
     let shared = shared(plan);
     let (listeners, _) = bind(plan);
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -134,7 +134,7 @@ fn with_no_connection_the_drain_takes_shutdown_delay_and_no_more() {
         s.shutdown_delay = hour;
         s.graceful_timeout = hour;
     });
-    let (code, took) = drain_in_paused_time(&plan, &[Stop::Term]);
+    let (code, took) = drain_in_paused_time(&plan, &[StopRequest::Term]);
     assert_eq!(code, 0);
     // The listeners stay open for shutdown_delay; with nothing open the
     // wait for connections ends at once rather than after graceful_timeout.
@@ -148,8 +148,8 @@ fn with_no_connection_the_drain_takes_shutdown_delay_and_no_more() {
 fn a_second_stop_request_or_sigquit_ends_the_drain_at_once() {
     let hour = maitred::config::values::Seconds::from_secs(3600);
     let plan = plan(|s| s.shutdown_delay = hour);
-    let (code, took) = drain_in_paused_time(&plan, &[Stop::Interrupt, Stop::Term]);
+    let (code, took) = drain_in_paused_time(&plan, &[StopRequest::Interrupt, StopRequest::Term]);
     assert_eq!((code, took), (1, Duration::ZERO));
-    let (code, took) = drain_in_paused_time(&plan, &[Stop::Quit]);
+    let (code, took) = drain_in_paused_time(&plan, &[StopRequest::Quit]);
     assert_eq!((code, took), (1, Duration::ZERO));
 }

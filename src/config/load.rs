@@ -9,7 +9,7 @@ use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider, Source};
 
 use super::plan::Plan;
-use super::registry::{self, SETTINGS, Status};
+use super::registry::{self, Availability, SETTINGS};
 use super::{Problem, Settings};
 
 const DEFAULTS: &str = "built-in defaults";
@@ -276,7 +276,7 @@ fn pending_problems(
     };
     let mut problems = Vec::new();
     for s in registry {
-        let Status::Pending(work) = s.status else {
+        let Availability::Pending(work) = s.status else {
             continue;
         };
         let Some(md) = fig.find_metadata(s.key) else {
@@ -538,7 +538,7 @@ mod tests {
         Jail::expect_with(|jail| {
             jail.clear_env();
             let pending = [registry::Setting {
-                status: Status::Pending("some future work"),
+                status: Availability::Pending("some future work"),
                 ..*registry::by_key("threads").expect("threads")
             }];
             let inv = invocation(None, &[("threads", "8")]);

@@ -25,7 +25,7 @@ pub enum Kind {
 
 /// Whether the behaviour behind a setting exists yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
+pub enum Availability {
     Implemented,
     /// Parsed and validated, but setting it is refused at start-up until the
     /// named work lands, so nobody believes it took effect.
@@ -43,7 +43,7 @@ pub struct Setting {
     pub help: &'static str,
     /// A value to show, commented out, for settings unset by default.
     pub example: Option<&'static str>,
-    pub status: Status,
+    pub status: Availability,
     /// Printed as `<redacted>` by `config show`.
     pub secret: bool,
 }
@@ -93,7 +93,7 @@ const fn setting(
         value_name,
         help,
         example: None,
-        status: Status::Implemented,
+        status: Availability::Implemented,
         secret: false,
     }
 }
@@ -110,7 +110,7 @@ const fn example(mut s: Setting, value: &'static str) -> Setting {
 
 #[allow(dead_code)] // for settings whose behaviour lands later
 const fn pending(mut s: Setting, work: &'static str) -> Setting {
-    s.status = Status::Pending(work);
+    s.status = Availability::Pending(work);
     s
 }
 

@@ -10,7 +10,7 @@ use serde_json::Value as Json;
 
 use super::Settings;
 use super::load::describe_source;
-use super::registry::{self, Kind, SETTINGS, Setting, Status};
+use super::registry::{self, Availability, Kind, SETTINGS, Setting};
 
 const REDACTED: &str = "<redacted>";
 
@@ -134,7 +134,7 @@ pub fn defaults_toml() -> String {
                 s.env_var(),
                 flags_of(s).join(", ")
             );
-            if let Status::Pending(work) = s.status {
+            if let Availability::Pending(work) = s.status {
                 let _ = writeln!(
                     out,
                     "# Not yet supported ({work}): refused at start-up if set."
@@ -169,7 +169,7 @@ pub fn docs_table() -> String {
         };
         let flags: Vec<String> = flags_of(s).iter().map(|f| format!("`{f}`")).collect();
         let mut meaning = s.help.replace('|', "\\|");
-        if let Status::Pending(work) = s.status {
+        if let Availability::Pending(work) = s.status {
             meaning.push_str(&format!(" (not yet supported: {work})"));
         }
         let _ = writeln!(

@@ -11,7 +11,7 @@ use http::StatusCode;
 use http::header::{REFERER, USER_AGENT};
 use http::request::Parts;
 
-use crate::access::{AccessLog, Entry};
+use crate::access::{AccessEntry, AccessLog};
 use crate::metrics::{self, Exchange};
 use crate::scheme::Scheme;
 use crate::wsgi::environ::Peer;
@@ -31,7 +31,7 @@ pub const CLIENT_CLOSED: u16 = 499;
 /// An access-log line waiting for its response to finish.
 struct Pending {
     log: AccessLog,
-    entry: Entry,
+    entry: AccessEntry,
 }
 
 impl Record {
@@ -48,7 +48,7 @@ impl Record {
             };
             Box::new(Pending {
                 log: log.clone(),
-                entry: Entry {
+                entry: AccessEntry {
                     time: SystemTime::now(),
                     client: client_of(peer_ip),
                     peer: peer_ip,

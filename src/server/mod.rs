@@ -30,7 +30,7 @@ use crate::config::plan::{ConnectionPlan, DrainPlan};
 use crate::connection::Registry;
 use crate::gateway::service::Shared;
 use crate::listen::{Bound, SocketFiles};
-use crate::signals::{Stop, StopRequests};
+use crate::signals::{StopRequest, StopRequests};
 pub use accept::RejectedConnection;
 use accept::{AcceptContext, Listener, accept_loop};
 
@@ -134,7 +134,7 @@ pub async fn serve(
 }
 
 /// A second stop request during the drain ends it at once.
-fn again_before_done(registry: &Registry, again: Stop) -> u8 {
+fn again_before_done(registry: &Registry, again: StopRequest) -> u8 {
     if again.is_immediate() {
         return quit(registry);
     }

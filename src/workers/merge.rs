@@ -20,11 +20,11 @@ use std::collections::HashMap;
 /// A parsed exposition: families in order, each with its samples.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Exposition {
-    families: Vec<Family>,
+    families: Vec<ParsedFamily>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
-struct Family {
+struct ParsedFamily {
     name: String,
     kind: String,
     help: Option<String>,
@@ -70,7 +70,7 @@ impl Exposition {
             if let Some(rest) = line.strip_prefix("# TYPE ") {
                 if let Some((name, kind)) = rest.split_once(' ') {
                     index.insert(name.to_owned(), out.families.len());
-                    out.families.push(Family {
+                    out.families.push(ParsedFamily {
                         name: name.to_owned(),
                         kind: kind.to_owned(),
                         help: help.remove(name),
@@ -111,7 +111,7 @@ impl Exposition {
             let mine = match self.families.iter().position(|f| f.name == theirs.name) {
                 Some(i) => &mut self.families[i],
                 None => {
-                    self.families.push(Family {
+                    self.families.push(ParsedFamily {
                         samples: Vec::new(),
                         ..theirs.clone()
                     });

@@ -33,7 +33,7 @@ use tokio::sync::mpsc;
 use crate::admin::{self, Probes};
 use crate::config::plan::DrainPlan;
 use crate::listen::{self, Bound, ListenPlan, SocketFiles};
-use crate::signals::{Stop, StopRequests};
+use crate::signals::{StopRequest, StopRequests};
 use control::{Answer, Ask, Channel};
 use merge::Exposition;
 
@@ -358,7 +358,7 @@ async fn run(
     // Like a single process, start-up has no time limit: an app may take
     // long to import, and an orchestrator's start-up probe bounds it.
     // A stop signal during start-up goes straight to the drain below.
-    let stopped_early: Option<Stop> = loop {
+    let stopped_early: Option<StopRequest> = loop {
         tokio::select! {
             stop = stops.next() => {
                 if stop.is_immediate() {

@@ -70,7 +70,7 @@ struct State {
 
 /// The two sizes that bound a response's pending output.
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+pub struct OutbufLimits {
     /// Above this many pending bytes the producer waits.
     pub high_water: usize,
     /// Above this many pending bytes in memory, more go to a spool file.
@@ -126,7 +126,7 @@ pub enum Next {
 }
 
 impl Outbuf {
-    pub fn with_limits(limits: Limits) -> Self {
+    pub fn with_limits(limits: OutbufLimits) -> Self {
         Self::new(limits.high_water, limits.overflow)
     }
 

@@ -40,7 +40,7 @@ pub(super) enum Job {
 #[derive(Debug)]
 pub(super) struct ThreadPlan {
     pub threads: usize,
-    pub output: outbuf::Limits,
+    pub output: outbuf::OutbufLimits,
     pub expose_tracebacks: bool,
     /// The entries of every environ.
     pub environ: EnvironPlan,
@@ -74,7 +74,7 @@ impl Pool {
         let busy = Arc::new(AtomicUsize::new(0));
         let config = Arc::new(ThreadPlan {
             threads: plan.threads,
-            output: outbuf::Limits {
+            output: outbuf::OutbufLimits {
                 high_water: plan.outbuf_high_water,
                 overflow: plan.outbuf_overflow,
             },

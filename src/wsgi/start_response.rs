@@ -165,7 +165,7 @@ pub struct StartResponse {
     headers: Vec<(HeaderName, HeaderValue)>,
     content_length: Option<u64>,
     phase: Phase,
-    limits: outbuf::Limits,
+    limits: outbuf::OutbufLimits,
     /// Request URI, for log messages.
     uri: http::Uri,
 }
@@ -261,7 +261,11 @@ fn address(responder: &Bound<'_, StartResponse>) -> usize {
 }
 
 impl StartResponse {
-    pub fn new(reply: oneshot::Sender<Reply>, limits: outbuf::Limits, uri: http::Uri) -> Self {
+    pub fn new(
+        reply: oneshot::Sender<Reply>,
+        limits: outbuf::OutbufLimits,
+        uri: http::Uri,
+    ) -> Self {
         StartResponse {
             status: None,
             headers: Vec::new(),
