@@ -113,7 +113,23 @@ fn metrics(shared: &Shared) -> String {
     m.render()
 }
 
-pub async fn run<P: Probes>(listener: TcpListener, probes: Arc<P>) {
+/// Announces each admin listener and serves it. Call within the runtime.
+pub fn start<P: Probes>(
+    listeners: Vec<(std::net::TcpListener, std::net::SocketAddr)>,
+    probes: &Arc<P>,
+) -> std::io::Result<()> {
+    for (listener, addr) in listeners {
+        tracing::info!(
+            "Admin listener (/livez, /readyz, /metrics) on http://{}",
+            crate::listen::display_addr(&addr)
+        );
+        let listener = TcpListener::from_std(listener)?;
+        tokio::spawn(run(listener, Arc::clone(probes)));
+    }
+    Ok(())
+}
+
+async fn run<P: Probes>(listener: TcpListener, probes: Arc<P>) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {

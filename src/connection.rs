@@ -28,7 +28,7 @@ use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
 pub use crate::config::plan::Timeouts;
-use crate::metrics::{self, LabelSet};
+use crate::metrics::{self, Label};
 
 /// The error a connection's read or write ends with when one of its timers
 /// fires; the request path reads which setting it was from it.
@@ -61,20 +61,13 @@ pub enum ConnectionTimeout {
     Channel,
 }
 
-impl LabelSet for ConnectionTimeout {
-    const COUNT: usize = 2;
-    fn all() -> Vec<Self> {
-        vec![ConnectionTimeout::Header, ConnectionTimeout::Channel]
-    }
-    fn index(self) -> usize {
-        self as usize
-    }
-    fn label_values(self) -> Vec<String> {
-        let label = match self {
+impl Label for ConnectionTimeout {
+    const ALL: &'static [Self] = &[ConnectionTimeout::Header, ConnectionTimeout::Channel];
+    fn label(self) -> &'static str {
+        match self {
             ConnectionTimeout::Header => "header",
             ConnectionTimeout::Channel => "channel",
-        };
-        vec![label.to_owned()]
+        }
     }
 }
 

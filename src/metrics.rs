@@ -103,6 +103,30 @@ pub trait LabelSet: Copy + 'static {
     fn label_values(self) -> Vec<String>;
 }
 
+/// A field-less enum that is one label: its values and each one's label
+/// value are all a [`LabelSet`] needs.
+pub trait Label: Copy + PartialEq + 'static {
+    /// Every value.
+    const ALL: &'static [Self];
+    fn label(self) -> &'static str;
+}
+
+impl<T: Label> LabelSet for T {
+    const COUNT: usize = T::ALL.len();
+
+    fn all() -> Vec<Self> {
+        T::ALL.to_vec()
+    }
+
+    fn index(self) -> usize {
+        T::ALL.iter().position(|v| *v == self).unwrap_or(0)
+    }
+
+    fn label_values(self) -> Vec<String> {
+        vec![self.label().to_owned()]
+    }
+}
+
 /// Two label sets counted together (a header and why it was refused).
 impl<A: LabelSet, B: LabelSet> LabelSet for (A, B) {
     const COUNT: usize = A::COUNT * B::COUNT;
@@ -741,16 +765,13 @@ mod tests {
         Green,
     }
 
-    impl LabelSet for Colour {
-        const COUNT: usize = 2;
-        fn all() -> Vec<Self> {
-            vec![Colour::Red, Colour::Green]
-        }
-        fn index(self) -> usize {
-            self as usize
-        }
-        fn label_values(self) -> Vec<String> {
-            vec![format!("{self:?}").to_lowercase()]
+    impl Label for Colour {
+        const ALL: &'static [Self] = &[Colour::Red, Colour::Green];
+        fn label(self) -> &'static str {
+            match self {
+                Colour::Red => "red",
+                Colour::Green => "green",
+            }
         }
     }
 

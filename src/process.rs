@@ -238,15 +238,7 @@ async fn serve(
             for listener in &listeners {
                 tracing::info!("{}", listener.announcement());
             }
-            for (listener, addr) in admin {
-                tracing::info!(
-                    "Admin listener (/livez, /readyz, /metrics) on http://{}",
-                    listen::display_addr(&addr)
-                );
-                let listener = tokio::net::TcpListener::from_std(listener)
-                    .map_err(Failure::io("cannot serve the admin listener"))?;
-                tokio::spawn(admin::run(listener, Arc::clone(&local)));
-            }
+            admin::start(admin, &local).map_err(Failure::io("cannot serve the admin listener"))?;
             listeners
         }
     };

@@ -27,7 +27,7 @@ use std::net::IpAddr;
 use http::HeaderMap;
 use ipnet::IpNet;
 
-use crate::metrics::LabelSet;
+use crate::metrics::Label;
 use crate::scheme::Scheme;
 use forwarded::{Node, parse_forwarded, parse_node, unquote};
 
@@ -274,14 +274,13 @@ pub enum Disbelief {
     Malformed,
 }
 
-impl Disbelief {
-    pub const ALL: [Disbelief; 3] = [
+impl Label for Disbelief {
+    const ALL: &'static [Self] = &[
         Disbelief::UntrustedPeer,
         Disbelief::NotListed,
         Disbelief::Malformed,
     ];
-
-    pub fn label(self) -> &'static str {
+    fn label(self) -> &'static str {
         match self {
             Disbelief::UntrustedPeer => "untrusted_peer",
             Disbelief::NotListed => "not_in_proxy_headers",
@@ -290,29 +289,10 @@ impl Disbelief {
     }
 }
 
-impl LabelSet for Disbelief {
-    const COUNT: usize = Disbelief::ALL.len();
-    fn all() -> Vec<Self> {
-        Disbelief::ALL.to_vec()
-    }
-    fn index(self) -> usize {
-        self as usize
-    }
-    fn label_values(self) -> Vec<String> {
-        vec![self.label().to_owned()]
-    }
-}
-
-impl LabelSet for Header {
-    const COUNT: usize = Header::ALL.len();
-    fn all() -> Vec<Self> {
-        Header::ALL.to_vec()
-    }
-    fn index(self) -> usize {
-        self as usize
-    }
-    fn label_values(self) -> Vec<String> {
-        vec![self.lower().to_owned()]
+impl Label for Header {
+    const ALL: &'static [Self] = &Header::ALL;
+    fn label(self) -> &'static str {
+        self.lower()
     }
 }
 

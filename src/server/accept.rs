@@ -20,7 +20,7 @@ use crate::config::plan::Timeout;
 use crate::connection::{Registry, Timeouts, Watched};
 use crate::gateway::policy::GatewayReason;
 use crate::gateway::service::{self, Shared};
-use crate::metrics::{self, LabelSet};
+use crate::metrics::{self, Label};
 use crate::proxy::TrustList;
 use crate::wsgi::environ::Peer;
 
@@ -43,25 +43,18 @@ impl RejectedConnection {
     }
 }
 
-impl LabelSet for RejectedConnection {
-    const COUNT: usize = 3;
-    fn all() -> Vec<Self> {
-        vec![
-            RejectedConnection::ProxyProtocolUntrusted,
-            RejectedConnection::ProxyProtocolInvalid,
-            RejectedConnection::AcceptError,
-        ]
-    }
-    fn index(self) -> usize {
-        self as usize
-    }
-    fn label_values(self) -> Vec<String> {
-        let label = match self {
+impl Label for RejectedConnection {
+    const ALL: &'static [Self] = &[
+        RejectedConnection::ProxyProtocolUntrusted,
+        RejectedConnection::ProxyProtocolInvalid,
+        RejectedConnection::AcceptError,
+    ];
+    fn label(self) -> &'static str {
+        match self {
             RejectedConnection::ProxyProtocolUntrusted => "proxy_protocol_untrusted",
             RejectedConnection::ProxyProtocolInvalid => "proxy_protocol_invalid",
             RejectedConnection::AcceptError => "accept_error",
-        };
-        vec![label.to_owned()]
+        }
     }
 }
 

@@ -390,14 +390,7 @@ async fn run(
             tracing::info!("{}", listener.announcement());
         }
     }
-    for (listener, addr) in admin {
-        tracing::info!(
-            "Admin listener (/livez, /readyz, /metrics) on http://{}",
-            listen::display_addr(&addr)
-        );
-        let listener = tokio::net::TcpListener::from_std(listener).map_err(|e| e.to_string())?;
-        tokio::spawn(admin::run(listener, Arc::clone(&sup)));
-    }
+    admin::start(admin, &sup).map_err(|e| e.to_string())?;
     tracing::info!("supervising {count} worker processes");
     tokio::spawn(refresh(Arc::clone(&sup)));
 
