@@ -287,3 +287,70 @@ fn raise_fd_limit(connection_limit: usize) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(scrape: &str, series: &str) -> Option<f64> {
+        scrape
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|v| v.parse().ok())
+    }
+
+    #[test]
+    fn seeded_families_read_zero_before_anything_happens() {
+        let m = Metrics::new();
+        seed(&m);
+        let s = m.render();
+        for series in [
+            "maitred_connections_rejected_total{reason=\"accept_error\"}",
+            "maitred_connection_timeouts_total{timeout=\"header\"}",
+            "maitred_gateway_responses_total{http_response_status_code=\"503\",reason=\"queue_full\"}",
+            "maitred_gateway_responses_total{http_response_status_code=\"431\",reason=\"headers_too_large\"}",
+            "maitred_proxy_headers_rejected_total{header=\"forwarded\",reason=\"malformed\"}",
+        ] {
+            assert_eq!(value(&s, series), Some(0.0), "{series} in\n{s}");
+        }
+        let gateway = s
+            .lines()
+            .filter(|l| l.starts_with("maitred_gateway_responses_total{"))
+            .count();
+        assert_eq!(gateway, GatewayReason::ALL.len());
+        let proxy = s
+            .lines()
+            .filter(|l| l.starts_with("maitred_proxy_headers_rejected_total{"))
+            .count();
+        assert_eq!(proxy, Header::ALL.len() * 3);
+    }
+
+    #[test]
+    fn domain_counters_land_on_their_labels() {
+        let m = Metrics::new();
+        seed(&m);
+        m.proxy_headers_rejected
+            .inc((Header::Proto, Disbelief::NotListed));
+        m.gateway_responses.inc(GatewayReason::RequestTimeout);
+        m.connections_rejected
+            .inc(RejectedConnection::ProxyProtocolInvalid);
+        m.connection_timeouts.inc(ConnectionTimeout::Channel);
+        let s = m.render();
+        for series in [
+            "maitred_proxy_headers_rejected_total{header=\"x-forwarded-proto\",reason=\"not_in_proxy_headers\"}",
+            "maitred_gateway_responses_total{http_response_status_code=\"504\",reason=\"request_timeout\"}",
+            "maitred_connections_rejected_total{reason=\"proxy_protocol_invalid\"}",
+            "maitred_connection_timeouts_total{timeout=\"channel\"}",
+        ] {
+            assert_eq!(value(&s, series), Some(1.0), "{series}");
+        }
+        assert_eq!(
+            value(
+                &s,
+                "maitred_proxy_headers_rejected_total{header=\"x-forwarded-proto\",reason=\"malformed\"}"
+            ),
+            Some(0.0),
+            "its neighbour in the index"
+        );
+    }
+}
