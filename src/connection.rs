@@ -28,6 +28,7 @@ use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
 pub use crate::config::plan::Timeouts;
+use crate::framing::{RefusedHead, Scanner, Verdict};
 use crate::metrics::{self, Label};
 
 /// The error a connection's read or write ends with when one of its timers
@@ -315,6 +316,13 @@ pub struct Watched<S> {
     io: S,
     timeouts: Timeouts,
     state: Arc<ConnState>,
+    /// Checks the request framing of every byte read (see [`framing`]).
+    scanner: Scanner,
+    /// A head refused before hyper saw it; reads end there.
+    refused: Option<RefusedHead>,
+    /// hyper read up to the refused head and asked for more: it wants the
+    /// next request, which the connection answers itself.
+    refused_reached: bool,
     /// When the latest progress was dated.
     last_activity: Instant,
     /// A read or write succeeded since `last_activity` was last set.
@@ -338,18 +346,32 @@ enum HeadTimer {
 }
 
 impl<S> Watched<S> {
-    pub fn new(io: S, timeouts: Timeouts, state: Arc<ConnState>) -> Self {
+    pub fn new(io: S, timeouts: Timeouts, state: Arc<ConnState>, scanner: Scanner) -> Self {
         let now = Instant::now();
         Watched {
             io,
             timeouts,
             state,
+            scanner,
+            refused: None,
+            refused_reached: false,
             last_activity: now,
             undated: false,
             head: HeadTimer::Idle,
             timer: Box::pin(tokio::time::sleep_until(now + timeouts.channel.after)),
             timed_out: false,
         }
+    }
+
+    /// The head the connection must answer itself, once hyper is done: one
+    /// refused by the framing rules that hyper has reached.
+    pub fn refused_head(&self) -> Option<RefusedHead> {
+        self.refused.filter(|_| self.refused_reached)
+    }
+
+    /// The socket, when the connection is done with the timers.
+    pub fn into_inner(self) -> S {
+        self.io
     }
 
     fn deadline(&self) -> (Instant, ConnectionTimeout) {
@@ -463,9 +485,28 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if self.refused.is_some() {
+            // End of input where the refused head begins.
+            self.refused_reached = true;
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         match Pin::new(&mut self.io).poll_read(cx, buf) {
             Poll::Ready(result) => {
+                if buf.filled().len() > before {
+                    match self.scanner.scan(&buf.filled()[before..]) {
+                        Verdict::Pass => {}
+                        Verdict::Refuse { keep, head } => {
+                            buf.set_filled(before + keep);
+                            self.refused = Some(head);
+                            self.refused_reached = keep == 0;
+                        }
+                        Verdict::Fail(violation) => {
+                            let err = io::Error::new(io::ErrorKind::InvalidData, violation);
+                            return Poll::Ready(Err(err));
+                        }
+                    }
+                }
                 if buf.filled().len() > before {
                     self.note_read();
                     // A client that always has the next byte ready never
@@ -561,7 +602,8 @@ mod tests {
 
     fn watched<S>(io: S) -> (Watched<S>, Arc<ConnState>) {
         let state = Arc::new(ConnState::new());
-        (Watched::new(io, T, Arc::clone(&state)), state)
+        let scanner = Scanner::new(false, 64 * 1024);
+        (Watched::new(io, T, Arc::clone(&state), scanner), state)
     }
 
     #[tokio::test(start_paused = true)]
@@ -608,10 +650,10 @@ mod tests {
         // A request arrives and is answered without the server ever
         // waiting on a read while it was busy.
         client
-            .write_all(b"GET / HTTP/1.1\r\n\r\n")
+            .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
             .await
             .expect("write");
-        let mut buf = [0u8; 18];
+        let mut buf = [0u8; 27];
         w.read_exact(&mut buf).await.expect("head");
         drop(state.begin());
         // Then the connection idles: only channel_timeout may end it.
@@ -619,6 +661,41 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         assert!(err.to_string().contains("channel_timeout"), "{err}");
         assert_eq!(started.elapsed(), T.channel.after);
+    }
+
+    #[tokio::test]
+    async fn reading_ends_where_a_refused_head_begins() {
+        let (mut client, server) = tokio::io::duplex(256);
+        let (mut w, _) = watched(server);
+        let first = b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\n";
+        let mut stream = first.to_vec();
+        stream.extend_from_slice(b"GET /2 HTTP/1.1\nHost: a\n\n");
+        client.write_all(&stream).await.expect("write");
+        let mut got = Vec::new();
+        let mut buf = [0u8; 256];
+        loop {
+            let n = w.read(&mut buf).await.expect("read");
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got, first, "hyper gets the first request only");
+        let refused = w.refused_head().expect("the second is refused");
+        assert_eq!(refused.violation, crate::framing::Violation::BareLineEnding);
+    }
+
+    #[tokio::test]
+    async fn a_broken_chunk_line_fails_the_read() {
+        let (mut client, server) = tokio::io::duplex(256);
+        let (mut w, _) = watched(server);
+        client
+            .write_all(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\nabc")
+            .await
+            .expect("write");
+        let err = w.read(&mut [0u8; 256]).await.expect_err("refused");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(w.refused_head().is_none(), "the gateway answers this one");
     }
 
     #[tokio::test(start_paused = true)]

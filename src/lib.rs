@@ -7,7 +7,8 @@
 //! `docs/architecture.md` maps the modules and the direction of every
 //! dependency between them; in short, from the bottom up:
 //!
-//! - [`scheme`], [`metrics`], [`signals`]: vocabulary and leaves;
+//! - [`scheme`], [`metrics`], [`signals`], [`framing`]: vocabulary and
+//!   leaves;
 //! - [`proxy`], [`access`], [`listen`]: protocol decisions and sockets,
 //!   knowing nothing of settings;
 //! - [`config`] and [`cli`]: settings, layered and turned into the plan;
@@ -20,6 +21,7 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod connection;
+pub mod framing;
 pub mod gateway;
 pub mod interpreter;
 pub mod listen;

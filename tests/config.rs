@@ -84,6 +84,7 @@ fn samples() -> Vec<(&'static str, &'static str, &'static str, Value)> {
             json!("app.internal"),
         ),
         ("expose_tracebacks", "true", "true", json!(true)),
+        ("allow_bare_lf", "true", "true", json!(true)),
         (
             "limits.max_request_header_size",
             "\"64KiB\"",

@@ -201,8 +201,10 @@ fn malformed_chunked_framing_gets_400_and_close() {
 }
 
 #[test]
-fn content_length_and_transfer_encoding_together_close_after() {
-    // RFC 9112 §6.1: chunked wins and the connection must close.
+fn content_length_and_transfer_encoding_together_are_refused() {
+    // RFC 9112 §6.1 lets a server reject the pair (and requires the close
+    // either way): a front end that framed it by Content-Length would see a
+    // different request from maitred's.
     let s = behaviours();
     let mut c = Conn::open(&s);
     c.send_str(
@@ -210,7 +212,13 @@ fn content_length_and_transfer_encoding_together_close_after() {
          5\r\nhello\r\n0\r\n\r\n",
     );
     let r = c.response();
-    assert_eq!(r.text(), "hello");
+    assert_eq!(r.status, 400);
+    assert!(
+        r.text()
+            .contains("Transfer-Encoding and Content-Length cannot both be given"),
+        "{}",
+        r.text()
+    );
     assert_eq!(r.header("connection"), Some("close"));
     assert!(c.is_closed());
 }

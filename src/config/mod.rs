@@ -80,6 +80,10 @@ pub struct Settings {
     /// Put the traceback into the body of 500 responses.
     #[serde(deserialize_with = "values::bool")]
     pub expose_tracebacks: bool,
+    /// Accept a bare LF as a line ending in request heads and chunked
+    /// framing (off: refused with 400, see `framing`).
+    #[serde(deserialize_with = "values::bool")]
+    pub allow_bare_lf: bool,
 
     /// After SIGTERM/SIGINT: how long to keep serving (readiness already
     /// failing) before the listeners close.
@@ -222,6 +226,7 @@ impl Default for Settings {
             ident: "maitred".to_owned(),
             server_name: "maitred.invalid".to_owned(),
             expose_tracebacks: false,
+            allow_bare_lf: false,
             shutdown_delay: Seconds::from_secs(5),
             graceful_timeout: Seconds::from_secs(30),
             limits: Limits::default(),

@@ -170,6 +170,8 @@ pub struct ConnectionPlan {
     /// Largest request line plus headers.
     pub max_head: usize,
     pub max_headers: usize,
+    /// Accept a bare LF as a line ending (see `framing`).
+    pub allow_bare_lf: bool,
 }
 
 /// How the process stops.
@@ -403,6 +405,7 @@ impl Plan {
                 timeouts,
                 max_head: max_head.as_usize(),
                 max_headers: limits.max_request_headers,
+                allow_bare_lf: s.allow_bare_lf,
             },
             drain: DrainPlan {
                 shutdown_delay: s.shutdown_delay.0,

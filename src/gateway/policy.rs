@@ -4,9 +4,10 @@
 //! itself. hyper owns parsing and framing; these are the rules on top that
 //! make maitred behave like Waitress where its users rely on it.
 
-use http::header::{CONNECTION, CONTENT_TYPE, HOST};
-use http::{HeaderMap, HeaderValue, Method, StatusCode, Version};
+use http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, SERVER};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
 
+use crate::framing::Violation;
 use crate::metrics::LabelSet;
 
 /// Why maitred answers a request itself; each reason has one status. The
@@ -38,10 +39,19 @@ pub enum GatewayReason {
     ShuttingDown,
     /// No response within `request_timeout`.
     RequestTimeout,
+    /// A missing, repeated or malformed `Host`.
+    BadHost,
+    /// A malformed `Transfer-Encoding` list, or one with `Content-Length`
+    /// or on HTTP/1.0.
+    BadTransferEncoding,
+    /// A transfer coding other than `chunked`.
+    UnsupportedTransferCoding,
+    /// A line ending in LF alone, or a CR alone, in a head or chunk line.
+    BareLineEnding,
 }
 
 impl GatewayReason {
-    pub const ALL: [GatewayReason; 12] = [
+    pub const ALL: [GatewayReason; 16] = [
         GatewayReason::BadRequest,
         GatewayReason::OutsidePrefix,
         GatewayReason::MethodNotAllowed,
@@ -54,11 +64,19 @@ impl GatewayReason {
         GatewayReason::QueueFull,
         GatewayReason::ShuttingDown,
         GatewayReason::RequestTimeout,
+        GatewayReason::BadHost,
+        GatewayReason::BadTransferEncoding,
+        GatewayReason::UnsupportedTransferCoding,
+        GatewayReason::BareLineEnding,
     ];
 
     pub fn status(self) -> StatusCode {
         match self {
-            GatewayReason::BadRequest => StatusCode::BAD_REQUEST,
+            GatewayReason::BadRequest
+            | GatewayReason::BadHost
+            | GatewayReason::BadTransferEncoding
+            | GatewayReason::BareLineEnding => StatusCode::BAD_REQUEST,
+            GatewayReason::UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
             GatewayReason::OutsidePrefix => StatusCode::NOT_FOUND,
             GatewayReason::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             GatewayReason::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -89,6 +107,26 @@ impl GatewayReason {
             GatewayReason::QueueFull => "queue_full",
             GatewayReason::ShuttingDown => "shutting_down",
             GatewayReason::RequestTimeout => "request_timeout",
+            GatewayReason::BadHost => "host",
+            GatewayReason::BadTransferEncoding => "transfer_encoding",
+            GatewayReason::UnsupportedTransferCoding => "transfer_coding",
+            GatewayReason::BareLineEnding => "bare_lf",
+        }
+    }
+
+    /// Why a request that broke the framing rules is refused.
+    pub fn of_violation(violation: Violation) -> GatewayReason {
+        match violation {
+            Violation::BareLineEnding => GatewayReason::BareLineEnding,
+            Violation::MissingHost | Violation::DuplicateHost | Violation::InvalidHost => {
+                GatewayReason::BadHost
+            }
+            Violation::UnsupportedTransferCoding => GatewayReason::UnsupportedTransferCoding,
+            Violation::MalformedTransferEncoding
+            | Violation::RepeatedChunked
+            | Violation::ChunkedNotLast
+            | Violation::TransferEncodingWithContentLength
+            | Violation::TransferEncodingInHttp10 => GatewayReason::BadTransferEncoding,
         }
     }
 
@@ -152,11 +190,70 @@ impl GatewayResponse {
         self.retry_after = Some(seconds);
         self
     }
+
+    /// The refusal of a request that broke the framing rules.
+    pub fn of_violation(violation: Violation) -> Self {
+        GatewayResponse::new(GatewayReason::of_violation(violation), violation.detail())
+    }
+
+    /// The body of the page, in Waitress's format.
+    pub fn body(&self, ident: &str) -> String {
+        error_body(self.status, &self.detail, ident)
+    }
+
+    /// The page's headers, in the order they are sent (the `Date` follows
+    /// them): the same for every response maitred writes itself, whether
+    /// hyper writes it or the connection does.
+    pub fn headers(
+        &self,
+        body_len: usize,
+        server: Option<&HeaderValue>,
+    ) -> Vec<(HeaderName, HeaderValue)> {
+        let mut headers = vec![
+            (CONNECTION, HeaderValue::from_static("close")),
+            (
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            ),
+            (CONTENT_LENGTH, HeaderValue::from(body_len)),
+        ];
+        if let Some(server) = server {
+            headers.push((SERVER, server.clone()));
+        }
+        if let Some(seconds) = self.retry_after {
+            headers.push((RETRY_AFTER, HeaderValue::from(seconds)));
+        }
+        headers
+    }
+
+    /// The whole response as bytes, for a refusal the connection writes
+    /// itself because hyper never had the request.
+    pub fn to_bytes(&self, http10: bool, ident: &str, server: Option<&HeaderValue>) -> Vec<u8> {
+        let body = self.body(ident);
+        let mut out = Vec::with_capacity(256 + body.len());
+        out.extend_from_slice(if http10 { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
+        out.extend_from_slice(self.status.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(self.status.canonical_reason().unwrap_or("").as_bytes());
+        out.extend_from_slice(b"\r\n");
+        for (name, value) in self.headers(body.len(), server) {
+            out.extend_from_slice(title_case(name.as_str()).as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"Date: ");
+        out.extend_from_slice(httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes());
+        out.extend_from_slice(b"\r\n\r\n");
+        out.extend_from_slice(body.as_bytes());
+        out
+    }
 }
 
-/// Checks the request head before the body is read. hyper has already
-/// rejected anything it cannot frame (bad Content-Length, Transfer-Encoding
-/// on HTTP/1.0, an unsupported coding, oversized heads).
+/// Checks the request head before the body is read. `crate::framing` has
+/// already refused bad line endings, `Transfer-Encoding` and `Host`, and
+/// hyper anything else it cannot parse or frame (a bad Content-Length, an
+/// oversized head).
 pub fn check_head(
     method: &Method,
     headers: &HeaderMap,
@@ -179,15 +276,13 @@ pub fn check_head(
             "CONNECT is not supported by a WSGI server",
         ));
     }
-    // Two Host (or Content-Type) headers let a front end and the app
-    // disagree about the request; RFC 9112 §3.2 requires a 400 for Host.
-    for name in [HOST, CONTENT_TYPE] {
-        if headers.get_all(&name).iter().nth(1).is_some() {
-            return Err(GatewayResponse::new(
-                GatewayReason::BadRequest,
-                format!("Duplicate header: {}", title_case(name.as_str())),
-            ));
-        }
+    // Two Content-Type headers let a front end and the app disagree
+    // about the body (a repeated Host is refused with the framing rules).
+    if headers.get_all(CONTENT_TYPE).iter().nth(1).is_some() {
+        return Err(GatewayResponse::new(
+            GatewayReason::BadRequest,
+            "Duplicate header: Content-Type",
+        ));
     }
     if let Some(len) = declared_body {
         if len > max_body {
@@ -300,10 +395,7 @@ mod tests {
     }
 
     #[test]
-    fn duplicate_host_is_refused() {
-        let h = headers(&[("host", "a"), ("host", "b")]);
-        let err = check_head(&Method::GET, &h, None, 10).expect_err("refused");
-        assert_eq!(err.detail, "Duplicate header: Host");
+    fn duplicate_content_type_is_refused() {
         let h = headers(&[("content-type", "a"), ("content-type", "b")]);
         let err = check_head(&Method::POST, &h, None, 10).expect_err("refused");
         assert_eq!(err.detail, "Duplicate header: Content-Type");
@@ -353,6 +445,37 @@ mod tests {
             connection_header(v11, false, true),
             Some(HeaderValue::from_static("close"))
         );
+    }
+
+    #[test]
+    fn a_refusal_written_by_the_connection_has_the_usual_headers() {
+        let refused = GatewayResponse::of_violation(Violation::UnsupportedTransferCoding);
+        let server = HeaderValue::from_static("maitred");
+        let bytes = refused.to_bytes(false, "maitred", Some(&server));
+        let text = String::from_utf8(bytes).expect("ascii");
+        let (head, body) = text.split_once("\r\n\r\n").expect("a head");
+        let lines: Vec<&str> = head.lines().collect();
+        assert_eq!(lines[0], "HTTP/1.1 501 Not Implemented");
+        assert_eq!(
+            &lines[1..5],
+            [
+                "Connection: close",
+                "Content-Type: text/plain; charset=utf-8",
+                &format!("Content-Length: {}", body.len()),
+                "Server: maitred"
+            ]
+        );
+        assert!(lines[5].starts_with("Date: ") && lines[5].ends_with(" GMT"));
+        assert_eq!(
+            body,
+            "Not Implemented\r\n\r\nTransfer-Encoding requested is not supported.\r\n\r\n(generated by maitred)"
+        );
+        let text = String::from_utf8(
+            GatewayResponse::of_violation(Violation::MissingHost).to_bytes(true, "", None),
+        )
+        .expect("ascii");
+        assert!(text.starts_with("HTTP/1.0 400 Bad Request\r\n"), "{text}");
+        assert!(!text.contains("Server:"), "{text}");
     }
 
     #[test]

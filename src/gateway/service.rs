@@ -26,6 +26,7 @@ use super::record::Record;
 use crate::access::AccessLog;
 use crate::config::plan::{EnvironPlan, GatewayPlan};
 use crate::connection::{RequestGuard, TimedOut};
+use crate::framing::Violation;
 use crate::metrics;
 use crate::proxy::{Disbelief, HeaderSet, ProxyVerdict};
 use crate::wsgi::environ::{self, Peer, RequestHead};
@@ -331,11 +332,14 @@ fn body_error(err: hyper::Error) -> GatewayResponse {
     while let Some(inner) = cause.source() {
         cause = inner;
     }
-    let timed_out = cause
-        .downcast_ref::<std::io::Error>()
-        .and_then(TimedOut::of);
-    if let Some(timed_out) = timed_out {
-        return body_stopped(timed_out.timeout.name);
+    if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+        if let Some(timed_out) = TimedOut::of(io) {
+            return body_stopped(timed_out.timeout.name);
+        }
+        // The chunked framing broke a rule hyper does not check.
+        if let Some(violation) = io.get_ref().and_then(|e| e.downcast_ref::<Violation>()) {
+            return GatewayResponse::of_violation(*violation);
+        }
     }
     GatewayResponse::new(
         GatewayReason::BadRequest,

@@ -18,7 +18,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::config::plan::Timeout;
 use crate::connection::{Registry, Timeouts, Watched};
-use crate::gateway::policy::GatewayReason;
+use crate::framing::Scanner;
+use crate::gateway::policy::{GatewayReason, GatewayResponse};
 use crate::gateway::service::{self, Shared};
 use crate::metrics::{self, Label};
 use crate::proxy::TrustList;
@@ -67,6 +68,9 @@ pub struct AcceptContext {
     pub limit: Arc<Semaphore>,
     pub registry: Arc<Registry>,
     pub timeouts: Timeouts,
+    /// What the framing scanner of each connection needs.
+    pub allow_bare_lf: bool,
+    pub max_head: usize,
     /// Becomes true when the listeners must close (drain).
     pub stop: watch::Receiver<bool>,
 }
@@ -287,10 +291,12 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let shared = Arc::clone(&ctx.shared);
+    let ctx_shared = Arc::clone(&ctx.shared);
     let builder = ctx.builder.clone();
     let registration = ctx.registry.register();
     let state = Arc::clone(&registration.state);
-    let io = Watched::new(stream, ctx.timeouts, Arc::clone(&state));
+    let scanner = Scanner::new(ctx.allow_bare_lf, ctx.max_head);
+    let io = Watched::new(stream, ctx.timeouts, Arc::clone(&state), scanner);
     tokio::spawn(async move {
         let service_state = Arc::clone(&state);
         // Boxed so the service future is Unpin, which taking the socket
@@ -328,13 +334,25 @@ where
             }
             tracing::debug!("connection ended with an error: {e}");
         }
+        let mut io = conn.into_parts().io.into_inner();
+        // A head the framing rules refused: hyper served the requests before
+        // it and then found the input ended; the answer is written here.
+        if let Some(refused) = io.refused_head() {
+            let plan = &ctx_shared.plan;
+            let answer = GatewayResponse::of_violation(refused.violation);
+            answer.reason.count();
+            let bytes = answer.to_bytes(refused.http10, &plan.ident, plan.server_header.as_ref());
+            if let Err(e) = io.write_all(&bytes).await {
+                tracing::debug!("could not answer a refused head: {e}");
+            }
+        }
         // The connection no longer serves anyone: its slot is free even
         // while the close lingers.
         drop(registration);
         drop(permit);
         // Also after errors: a refused body or an app's short response still
         // has bytes the client must be able to read before the close.
-        linger(conn.into_parts().io.into_inner()).await;
+        linger(io.into_inner()).await;
     });
 }
 

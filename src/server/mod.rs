@@ -72,6 +72,8 @@ pub async fn serve(
         limit: Arc::new(Semaphore::new(connections.limit)),
         registry: Arc::clone(&registry),
         timeouts: connections.timeouts,
+        allow_bare_lf: connections.allow_bare_lf,
+        max_head: connections.max_head,
         stop: stop_rx,
     };
     let mut socket_files = SocketFiles::of(&listeners);

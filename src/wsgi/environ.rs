@@ -288,6 +288,15 @@ pub fn cgi_vars(
     if let Some(len) = head.body_len {
         env.var_with(Var::ContentLength, |t| push_u64(t, len));
     }
+    // `HTTP_HOST` other than the `Host` header: a trusted proxy's, or else
+    // an absolute-form target's authority, which RFC 9112 §3.2.2 says wins
+    // over `Host` (without userinfo, which is not part of a host).
+    let authority = uri.authority().map(|a| {
+        a.as_str()
+            .rsplit_once('@')
+            .map_or(a.as_str(), |(_, host)| host)
+    });
+    let host = verdict.http_host.as_deref().or(authority);
     let mut rewritten = HeaderSet::NONE;
     // The header whose entry was added last through the joining path
     // below: HeaderMap yields a header's lines one after another, and all
@@ -305,7 +314,7 @@ pub fn cgi_vars(
             // de-chunked before the app sees it, so Transfer-Encoding would
             // only mislead (Waitress drops it too).
             "content-length" | "transfer-encoding" => continue,
-            "host" if verdict.http_host.is_some() => continue,
+            "host" if host.is_some() => continue,
             _ => {}
         }
         // `X_Forwarded_For` must not be able to pose as `X-Forwarded-For`
@@ -338,7 +347,7 @@ pub fn cgi_vars(
             joining = Some(name);
         }
     }
-    if let Some(host) = &verdict.http_host {
+    if let Some(host) = host {
         env.header("host", |t| t.push_str(host));
     }
     env
@@ -600,7 +609,16 @@ mod tests {
 
     #[test]
     fn absolute_form_uses_only_the_path() {
-        let env = build("http://other:81/p/q?z=1", &[], &untrusted());
+        let env = build(
+            "http://other:81/p/q?z=1",
+            &[("host", b"ignored")],
+            &untrusted(),
+        );
+        assert_eq!(
+            env.header_value("HTTP_HOST"),
+            Some("other:81"),
+            "the target wins"
+        );
         assert_eq!(env.get(Var::PathInfo), Some("/p/q"));
         assert_eq!(env.get(Var::QueryString), Some("z=1"));
         assert_eq!(env.get(Var::RequestUri), Some("http://other:81/p/q?z=1"));
