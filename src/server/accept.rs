@@ -157,7 +157,9 @@ pub async fn accept_loop(listener: Listener, ctx: AcceptContext) {
                 let _ = stream.set_nodelay(true);
                 spawn_connection(stream, peer, &ctx, permit);
             }
-            Accepted::Unix(stream) => spawn_connection(stream, Peer::Unix, &ctx, permit),
+            Accepted::Unix(stream) => {
+                spawn_connection(stream, Peer::Unix, &ctx, permit);
+            }
             Accepted::ProxyProtocol(stream, remote, local) => {
                 let _ = stream.set_nodelay(true);
                 let ctx = ctx.clone();
@@ -169,7 +171,8 @@ pub async fn accept_loop(listener: Listener, ctx: AcceptContext) {
                         Ok((source, rest)) => {
                             let remote = source.unwrap_or(remote);
                             let stream = Prefixed::new(rest, stream);
-                            spawn_connection(stream, Peer::Tcp { remote, local }, &ctx, permit);
+                            let peer = Peer::Tcp { remote, local };
+                            spawn_connection(stream, peer, &ctx, permit);
                         }
                         Err(e) => {
                             RejectedConnection::ProxyProtocolInvalid.count();
@@ -286,7 +289,13 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
     }
 }
 
-fn spawn_connection<S>(stream: S, peer: Peer, ctx: &AcceptContext, permit: OwnedSemaphorePermit)
+/// Serves one connection on its own task, which ends when it closes.
+pub(super) fn spawn_connection<S>(
+    stream: S,
+    peer: Peer,
+    ctx: &AcceptContext,
+    permit: OwnedSemaphorePermit,
+) -> tokio::task::JoinHandle<()>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -353,7 +362,7 @@ where
         // Also after errors: a refused body or an app's short response still
         // has bytes the client must be able to read before the close.
         linger(io.into_inner()).await;
-    });
+    })
 }
 
 /// Longest a closing connection waits for the client to stop sending.

@@ -23,6 +23,7 @@ use std::sync::atomic::Ordering;
 
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioTimer;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{Semaphore, watch};
 
@@ -31,6 +32,7 @@ use crate::connection::Registry;
 use crate::gateway::service::Shared;
 use crate::listen::{Bound, SocketFiles};
 use crate::signals::{StopRequest, StopRequests};
+use crate::wsgi::environ::Peer;
 pub use accept::RejectedConnection;
 use accept::{AcceptContext, Listener, accept_loop};
 
@@ -133,6 +135,35 @@ pub async fn serve(
         }
         again = stops.next() => Ok(again_before_done(&registry, again)),
     }
+}
+
+/// Serves one connection over any byte stream, as the accept loop serves a
+/// socket, and returns when it has closed: for tests and fuzzing, where
+/// the client is in memory.
+pub async fn serve_stream<S>(
+    stream: S,
+    peer: Peer,
+    shared: Arc<Shared>,
+    connections: &ConnectionPlan,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let limit = Arc::new(Semaphore::new(1));
+    let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
+        return;
+    };
+    let (_stop_tx, stop) = watch::channel(false);
+    let ctx = AcceptContext {
+        shared,
+        builder: http1_builder(connections),
+        limit,
+        registry: Arc::new(Registry::default()),
+        timeouts: connections.timeouts,
+        allow_bare_lf: connections.allow_bare_lf,
+        max_head: connections.max_head,
+        stop,
+    };
+    let _ = accept::spawn_connection(stream, peer, &ctx, permit).await;
 }
 
 /// A second stop request during the drain ends it at once.
