@@ -136,7 +136,7 @@ pub static SETTINGS: &[Setting] = &[
     setting("ident", Value, "NAME", "Server header and SERVER_SOFTWARE; empty omits the header"),
     setting("server_name", Value, "NAME", "SERVER_NAME in the environ (never taken from Host)"),
     setting("expose_tracebacks", Switch, "", "Put the traceback into the body of 500 responses (never in production)"),
-    setting("allow_bare_lf", Switch, "", "Accept a bare LF (no CR) as a line ending in request heads and chunk lines; off, such requests get 400, because a front end that splits lines differently can smuggle a request past it"),
+    setting("allow_bare_lf", Switch, "", "Accept a bare LF (no CR) as a line ending in request heads (hyper refuses one in chunk lines either way); off, such requests get 400, because a front end that splits lines differently can smuggle a request past it"),
     setting("shutdown_delay", Value, "DURATION", "After SIGTERM/SIGINT, keep serving this long (readiness already failing) so load balancers stop sending, then close the listeners"),
     setting("graceful_timeout", Value, "DURATION", "After the listeners close, how long requests in flight get to finish before the process exits anyway"),
     setting("admin_listen", List, "HOST:PORT", "Admin listener for /livez, /healthz, /readyz and /metrics (Prometheus), apart from the app listeners; empty disables it"),
