@@ -28,7 +28,7 @@ use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
 pub use crate::config::plan::Timeouts;
-use crate::framing::{RefusedHead, Scanner, Verdict};
+use crate::framing::{HeadQueue, RefusedHead, Scanner, Verdict, Violation};
 use crate::metrics::{self, Label};
 
 /// The error a connection's read or write ends with when one of its timers
@@ -105,6 +105,9 @@ pub struct ConnState {
     /// hyper has tried to write since it last flushed: part of a response
     /// may still sit in its buffer.
     unflushed: AtomicBool,
+    /// What the framing scanner learned of each head hyper has not yet
+    /// handed to the gateway.
+    pub heads: HeadQueue,
 }
 
 impl ConnState {
@@ -116,6 +119,7 @@ impl ConnState {
             close: Notify::new(),
             close_requested: AtomicBool::new(false),
             unflushed: AtomicBool::new(false),
+            heads: HeadQueue::default(),
         }
     }
 
@@ -323,6 +327,9 @@ pub struct Watched<S> {
     /// hyper read up to the refused head and asked for more: it wants the
     /// next request, which the connection answers itself.
     refused_reached: bool,
+    /// A body's framing broke after the bytes already passed on: the next
+    /// read fails with it.
+    broken_body: Option<Violation>,
     /// When the latest progress was dated.
     last_activity: Instant,
     /// A read or write succeeded since `last_activity` was last set.
@@ -355,6 +362,7 @@ impl<S> Watched<S> {
             scanner,
             refused: None,
             refused_reached: false,
+            broken_body: None,
             last_activity: now,
             undated: false,
             head: HeadTimer::Idle,
@@ -485,6 +493,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if let Some(violation) = self.broken_body {
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, violation)));
+        }
         if self.refused.is_some() {
             // End of input where the refused head begins.
             self.refused_reached = true;
@@ -494,16 +505,24 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
         match Pin::new(&mut self.io).poll_read(cx, buf) {
             Poll::Ready(result) => {
                 if buf.filled().len() > before {
-                    match self.scanner.scan(&buf.filled()[before..]) {
+                    let this = &mut *self;
+                    match this
+                        .scanner
+                        .scan(&buf.filled()[before..], &this.state.heads)
+                    {
                         Verdict::Pass => {}
                         Verdict::Refuse { keep, head } => {
                             buf.set_filled(before + keep);
                             self.refused = Some(head);
                             self.refused_reached = keep == 0;
                         }
-                        Verdict::Fail(violation) => {
-                            let err = io::Error::new(io::ErrorKind::InvalidData, violation);
-                            return Poll::Ready(Err(err));
+                        Verdict::Fail { keep, violation } => {
+                            self.broken_body = Some(violation);
+                            if keep == 0 {
+                                let err = io::Error::new(io::ErrorKind::InvalidData, violation);
+                                return Poll::Ready(Err(err));
+                            }
+                            buf.set_filled(before + keep);
                         }
                     }
                 }
@@ -693,7 +712,12 @@ mod tests {
             .write_all(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\nabc")
             .await
             .expect("write");
-        let err = w.read(&mut [0u8; 256]).await.expect_err("refused");
+        // The head comes through first, so hyper has a request to answer
+        // (the gateway does, when the body's read fails).
+        let mut buf = [0u8; 256];
+        let n = w.read(&mut buf).await.expect("the head");
+        assert!(buf[..n].ends_with(b"chunked\r\n\r\n"), "{:?}", &buf[..n]);
+        let err = w.read(&mut buf).await.expect_err("refused");
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         assert!(w.refused_head().is_none(), "the gateway answers this one");
     }

@@ -187,9 +187,13 @@ fn malformed_chunked_framing_gets_400_and_close() {
         assert_eq!(r.status, 400, "{why}: {}", r.text());
         assert_eq!(r.header("connection"), Some("close"));
         assert_eq!(r.header("content-type"), Some("text/plain; charset=utf-8"));
+        // Waitress's wording for a size that is not hex; hyper's parser
+        // names what else broke.
         assert!(
             r.text()
-                .starts_with("Bad Request\r\n\r\nMalformed request body"),
+                .starts_with("Bad Request\r\n\r\nInvalid chunk size")
+                || r.text()
+                    .starts_with("Bad Request\r\n\r\nMalformed request body"),
             "{}",
             r.text()
         );

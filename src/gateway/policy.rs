@@ -7,7 +7,7 @@
 use http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, SERVER};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
 
-use crate::framing::Violation;
+use crate::framing::{HeadFacts, Violation};
 use crate::metrics::LabelSet;
 
 /// Why maitred answers a request itself; each reason has one status. The
@@ -122,6 +122,10 @@ impl GatewayReason {
                 GatewayReason::BadHost
             }
             Violation::UnsupportedTransferCoding => GatewayReason::UnsupportedTransferCoding,
+            Violation::DuplicateContentLength
+            | Violation::InvalidTarget
+            | Violation::InvalidChunkSize
+            | Violation::InvalidChunkExtension => GatewayReason::BadRequest,
             Violation::MalformedTransferEncoding
             | Violation::RepeatedChunked
             | Violation::ChunkedNotLast
@@ -227,8 +231,15 @@ impl GatewayResponse {
     }
 
     /// The whole response as bytes, for a refusal the connection writes
-    /// itself because hyper never had the request.
-    pub fn to_bytes(&self, http10: bool, ident: &str, server: Option<&HeaderValue>) -> Vec<u8> {
+    /// itself because hyper never had the request. The answer to a HEAD
+    /// has the headers only (RFC 9110 §9.3.2), as hyper writes it.
+    pub fn to_bytes(
+        &self,
+        http10: bool,
+        head_request: bool,
+        ident: &str,
+        server: Option<&HeaderValue>,
+    ) -> Vec<u8> {
         let body = self.body(ident);
         let mut out = Vec::with_capacity(256 + body.len());
         out.extend_from_slice(if http10 { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
@@ -245,7 +256,9 @@ impl GatewayResponse {
         out.extend_from_slice(b"Date: ");
         out.extend_from_slice(httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes());
         out.extend_from_slice(b"\r\n\r\n");
-        out.extend_from_slice(body.as_bytes());
+        if !head_request {
+            out.extend_from_slice(body.as_bytes());
+        }
         out
     }
 }
@@ -257,6 +270,7 @@ impl GatewayResponse {
 pub fn check_head(
     method: &Method,
     headers: &HeaderMap,
+    facts: Option<HeadFacts>,
     declared_body: Option<u64>,
     max_body: u64,
 ) -> Result<(), GatewayResponse> {
@@ -278,7 +292,11 @@ pub fn check_head(
     }
     // Two Content-Type headers let a front end and the app disagree
     // about the body (a repeated Host is refused with the framing rules).
-    if headers.get_all(CONTENT_TYPE).iter().nth(1).is_some() {
+    let repeated_content_type = facts.map_or_else(
+        || headers.get_all(CONTENT_TYPE).iter().nth(1).is_some(),
+        HeadFacts::repeated_content_type,
+    );
+    if repeated_content_type {
         return Err(GatewayResponse::new(
             GatewayReason::BadRequest,
             "Duplicate header: Content-Type",
@@ -299,8 +317,10 @@ pub fn body_too_large(max_body: u64) -> GatewayResponse {
     )
 }
 
-/// Does the request ask for the connection to stay open?
-pub fn client_keep_alive(version: Version, headers: &HeaderMap) -> bool {
+/// Does the request ask for the connection to stay open? `facts` has the
+/// `Connection` tokens when the framing scanner read the head; otherwise
+/// they are read from the header map.
+pub fn client_keep_alive(version: Version, headers: &HeaderMap, facts: Option<HeadFacts>) -> bool {
     let has_token = |token: &str| {
         headers.get_all(CONNECTION).iter().any(|v| {
             v.to_str()
@@ -309,11 +329,12 @@ pub fn client_keep_alive(version: Version, headers: &HeaderMap) -> bool {
                 .any(|t| t.trim().eq_ignore_ascii_case(token))
         })
     };
-    if has_token("close") {
+    let close = facts.map_or_else(|| has_token("close"), HeadFacts::close);
+    if close {
         return false;
     }
     match version {
-        Version::HTTP_10 => has_token("keep-alive"),
+        Version::HTTP_10 => facts.map_or_else(|| has_token("keep-alive"), HeadFacts::keep_alive),
         _ => true,
     }
 }
@@ -380,53 +401,100 @@ mod tests {
     #[test]
     fn lower_case_methods_are_refused() {
         let m = Method::from_bytes(b"get").expect("token");
-        let err = check_head(&m, &HeaderMap::new(), None, 10).expect_err("refused");
+        let err = check_head(&m, &HeaderMap::new(), None, None, 10).expect_err("refused");
         assert_eq!(err.status, StatusCode::BAD_REQUEST);
         assert_eq!(err.detail, "Malformed HTTP method \"get\"");
-        assert!(check_head(&Method::GET, &HeaderMap::new(), None, 10).is_ok());
+        assert!(check_head(&Method::GET, &HeaderMap::new(), None, None, 10).is_ok());
         let ext = Method::from_bytes(b"PURGE").expect("token");
-        assert!(check_head(&ext, &HeaderMap::new(), None, 10).is_ok());
+        assert!(check_head(&ext, &HeaderMap::new(), None, None, 10).is_ok());
     }
 
     #[test]
     fn connect_is_refused() {
-        let err = check_head(&Method::CONNECT, &HeaderMap::new(), None, 10).expect_err("refused");
+        let err =
+            check_head(&Method::CONNECT, &HeaderMap::new(), None, None, 10).expect_err("refused");
         assert_eq!(err.status, StatusCode::METHOD_NOT_ALLOWED);
     }
 
     #[test]
     fn duplicate_content_type_is_refused() {
         let h = headers(&[("content-type", "a"), ("content-type", "b")]);
-        let err = check_head(&Method::POST, &h, None, 10).expect_err("refused");
+        let err = check_head(&Method::POST, &h, None, None, 10).expect_err("refused");
         assert_eq!(err.detail, "Duplicate header: Content-Type");
     }
 
     #[test]
     fn declared_bodies_over_the_limit_get_413() {
-        let err = check_head(&Method::POST, &HeaderMap::new(), Some(11), 10).expect_err("big");
+        let err =
+            check_head(&Method::POST, &HeaderMap::new(), None, Some(11), 10).expect_err("big");
         assert_eq!(err.status, StatusCode::PAYLOAD_TOO_LARGE);
         assert_eq!(err.detail, "exceeds max_body of 10");
-        assert!(check_head(&Method::POST, &HeaderMap::new(), Some(10), 10).is_ok());
+        assert!(check_head(&Method::POST, &HeaderMap::new(), None, Some(10), 10).is_ok());
+    }
+
+    /// The facts the framing scanner finds give the answers the header map
+    /// gives.
+    #[test]
+    fn the_scanners_facts_agree_with_the_header_map() {
+        use crate::framing::{HeadQueue, Scanner};
+        for fields in [
+            &[][..],
+            &[("Connection", "close")],
+            &[("connection", "Keep-Alive")],
+            &[("Connection", "keep-alive, close")],
+            &[("Connection", "foo"), ("Connection", " CLOSE ")],
+            &[("Connection", "keep-alive"), ("Content-Type", "a")],
+            &[("Content-Type", "a"), ("content-type", "b")],
+            &[("Content-Length", "0")],
+        ] {
+            for version in [Version::HTTP_10, Version::HTTP_11] {
+                let line = if version == Version::HTTP_10 {
+                    "HTTP/1.0"
+                } else {
+                    "HTTP/1.1"
+                };
+                let mut raw = format!("GET / {line}\r\nHost: a\r\n");
+                for (name, value) in fields {
+                    raw.push_str(&format!("{name}: {value}\r\n"));
+                }
+                raw.push_str("\r\n");
+                let queue = HeadQueue::default();
+                Scanner::new(false, 1024).scan(raw.as_bytes(), &queue);
+                let facts = queue.pop().expect("facts");
+                let map = headers(fields);
+                assert_eq!(
+                    client_keep_alive(version, &map, Some(facts)),
+                    client_keep_alive(version, &map, None),
+                    "{raw:?}"
+                );
+                let with = check_head(&Method::GET, &map, Some(facts), None, 10).is_ok();
+                let without = check_head(&Method::GET, &map, None, None, 10).is_ok();
+                assert_eq!(with, without, "{raw:?}");
+            }
+        }
     }
 
     #[test]
     fn keep_alive_rules() {
         let v10 = Version::HTTP_10;
         let v11 = Version::HTTP_11;
-        assert!(!client_keep_alive(v10, &headers(&[])));
+        assert!(!client_keep_alive(v10, &headers(&[]), None));
         assert!(client_keep_alive(
             v10,
-            &headers(&[("connection", "Keep-Alive")])
+            &headers(&[("connection", "Keep-Alive")]),
+            None
         ));
-        assert!(client_keep_alive(v11, &headers(&[])));
+        assert!(client_keep_alive(v11, &headers(&[]), None));
         assert!(!client_keep_alive(
             v11,
-            &headers(&[("connection", "close")])
+            &headers(&[("connection", "close")]),
+            None
         ));
         // Tokens, not whole values (a Waitress bug the notes record).
         assert!(!client_keep_alive(
             v11,
-            &headers(&[("connection", "keep-alive, close")])
+            &headers(&[("connection", "keep-alive, close")]),
+            None
         ));
         assert_eq!(
             connection_header(v10, true, true),
@@ -451,7 +519,7 @@ mod tests {
     fn a_refusal_written_by_the_connection_has_the_usual_headers() {
         let refused = GatewayResponse::of_violation(Violation::UnsupportedTransferCoding);
         let server = HeaderValue::from_static("maitred");
-        let bytes = refused.to_bytes(false, "maitred", Some(&server));
+        let bytes = refused.to_bytes(false, false, "maitred", Some(&server));
         let text = String::from_utf8(bytes).expect("ascii");
         let (head, body) = text.split_once("\r\n\r\n").expect("a head");
         let lines: Vec<&str> = head.lines().collect();
@@ -471,11 +539,16 @@ mod tests {
             "Not Implemented\r\n\r\nTransfer-Encoding requested is not supported.\r\n\r\n(generated by maitred)"
         );
         let text = String::from_utf8(
-            GatewayResponse::of_violation(Violation::MissingHost).to_bytes(true, "", None),
+            GatewayResponse::of_violation(Violation::MissingHost).to_bytes(true, false, "", None),
         )
         .expect("ascii");
         assert!(text.starts_with("HTTP/1.0 400 Bad Request\r\n"), "{text}");
         assert!(!text.contains("Server:"), "{text}");
+        let head = GatewayResponse::of_violation(Violation::InvalidHost)
+            .to_bytes(false, true, "maitred", None);
+        let head = String::from_utf8(head).expect("ascii");
+        assert!(head.ends_with("\r\n\r\n"), "no body for a HEAD: {head}");
+        assert!(head.contains("Content-Length: 60\r\n"), "{head}");
     }
 
     #[test]

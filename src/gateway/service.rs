@@ -26,7 +26,7 @@ use super::record::Record;
 use crate::access::AccessLog;
 use crate::config::plan::{EnvironPlan, GatewayPlan};
 use crate::connection::{RequestGuard, TimedOut};
-use crate::framing::Violation;
+use crate::framing::{HeadFacts, Violation};
 use crate::metrics;
 use crate::proxy::{Disbelief, HeaderSet, ProxyVerdict};
 use crate::wsgi::environ::{self, Peer, RequestHead};
@@ -50,15 +50,18 @@ pub struct Health {
     pub ready: AtomicBool,
 }
 
+/// Serves one request. `facts` is what the framing scanner learned of its
+/// head (`None` when it has not: the fields are then looked up).
 pub async fn handle(
     req: Request<Incoming>,
     shared: Arc<Shared>,
     peer: Peer,
     guard: RequestGuard,
+    facts: Option<HeadFacts>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let (parts, body) = req.into_parts();
     let mut record = Record::begin(&parts, &peer, shared.environ.scheme, shared.access.as_ref());
-    let mut response = serve_request(parts, body, &shared, peer, &mut record).await;
+    let mut response = serve_request(parts, body, &shared, peer, facts, &mut record).await;
     // The connection is busy, and the request's record open, until the
     // response body has been sent (or dropped): both travel with the body.
     let status = response.status();
@@ -72,14 +75,16 @@ async fn serve_request(
     body: Incoming,
     shared: &Arc<Shared>,
     peer: Peer,
+    facts: Option<HeadFacts>,
     record: &mut Record,
 ) -> Response<ResponseBody> {
     let shared = &**shared;
-    let framed = has_body(&parts);
+    let framed = facts.map_or_else(|| has_body(&parts), HeadFacts::framed);
     let declared = body.size_hint().exact().filter(|_| framed);
     if let Err(refused) = policy::check_head(
         &parts.method,
         &parts.headers,
+        facts,
         declared,
         shared.plan.max_body,
     ) {
@@ -192,7 +197,7 @@ async fn serve_request(
             );
         }
     };
-    respond(shared, parts, reply)
+    respond(shared, parts, facts, reply)
 }
 
 /// Applies the trusted-proxy rules, logging what Waitress logs.
@@ -402,7 +407,12 @@ pub fn reject(
 
 /// Takes the request's parts to move its URI into the body (for log lines)
 /// instead of copying it.
-fn respond(shared: &Shared, req: Parts, reply: Reply) -> Response<ResponseBody> {
+fn respond(
+    shared: &Shared,
+    req: Parts,
+    facts: Option<HeadFacts>,
+    reply: Reply,
+) -> Response<ResponseBody> {
     let app = match reply {
         Reply::Response(app) => app,
         Reply::Failed { detail } => {
@@ -483,7 +493,7 @@ fn respond(shared: &Shared, req: Parts, reply: Reply) -> Response<ResponseBody> 
             headers.insert(SERVER, server.clone());
         }
     }
-    let keep_alive = policy::client_keep_alive(req.version, &req.headers);
+    let keep_alive = policy::client_keep_alive(req.version, &req.headers, facts);
     let length_known = length.is_some() || req.method == Method::HEAD;
     if let Some(value) = policy::connection_header(req.version, keep_alive, length_known) {
         headers.insert(CONNECTION, value);

@@ -314,7 +314,14 @@ where
             // Marked busy as soon as hyper has the head, before the future
             // first runs, so an eviction never takes a request in hand.
             let guard = service_state.begin();
-            Box::pin(service::handle(req, Arc::clone(&shared), peer, guard))
+            let facts = service_state.heads.pop();
+            Box::pin(service::handle(
+                req,
+                Arc::clone(&shared),
+                peer,
+                guard,
+                facts,
+            ))
         });
         let mut conn = builder.serve_connection(TokioIo::new(io), service);
         let close_state = Arc::clone(&state);
@@ -350,7 +357,12 @@ where
             let plan = &ctx_shared.plan;
             let answer = GatewayResponse::of_violation(refused.violation);
             answer.reason.count();
-            let bytes = answer.to_bytes(refused.http10, &plan.ident, plan.server_header.as_ref());
+            let bytes = answer.to_bytes(
+                refused.http10,
+                refused.head_request,
+                &plan.ident,
+                plan.server_header.as_ref(),
+            );
             if let Err(e) = io.write_all(&bytes).await {
                 tracing::debug!("could not answer a refused head: {e}");
             }
