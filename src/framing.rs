@@ -558,11 +558,11 @@ impl Scanner {
     /// Finds where the line at the start of `rest` ends, continuing a
     /// carried line if there is one.
     fn line_end(&self, rest: &[u8]) -> LineEnd {
-        // A CR that ended the previous read.
+        // A CR that ended the previous read. A bare CR is refused even with
+        // `allow_bare_lf`, as when it comes in one read with what follows.
         if self.carry.last() == Some(&b'\r') {
             return match rest[0] {
                 b'\n' => LineEnd::At(0, 1),
-                _ if self.allow_bare_lf => LineEnd::At(0, 0),
                 _ => LineEnd::Bare,
             };
         }
@@ -1325,6 +1325,25 @@ mod tests {
                 "{:?}",
                 String::from_utf8_lossy(body)
             );
+        }
+    }
+
+    #[test]
+    fn a_bare_cr_is_refused_however_the_reads_fall_even_when_lenient() {
+        // Found by fuzzing: split after the CR, it used to end the line.
+        for lenient in [false, true] {
+            let request = b"GET / HTTP/1.1\r\nX: a\rb\r\nHost: a\r\n\r\n";
+            let whole = Scanner::new(lenient, 1024).scan_alone(request);
+            let mut s = Scanner::new(lenient, 1024);
+            let cut = request.iter().position(|&b| b == b'b').expect("b");
+            let split = violation(s.scan_alone(&request[..cut]))
+                .or_else(|| violation(s.scan_alone(&request[cut..])));
+            assert_eq!(
+                violation(whole),
+                Some(Violation::BareLineEnding),
+                "{lenient}"
+            );
+            assert_eq!(split, Some(Violation::BareLineEnding), "{lenient}");
         }
     }
 

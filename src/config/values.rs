@@ -39,14 +39,9 @@ const SIZE_UNITS: &[(&str, u64)] = &[
     ("tib", 1 << 40),
 ];
 
-const DURATION_UNITS: &[(&str, u64)] = &[
-    ("ms", 1),
-    ("s", 1000),
-    ("sec", 1000),
-    ("m", 60_000),
-    ("min", 60_000),
-    ("h", 3_600_000),
-];
+/// Units of whole seconds (milliseconds are read apart, so a long span in
+/// seconds never overflows on its way through milliseconds).
+const DURATION_UNITS: &[(&str, u64)] = &[("s", 1), ("sec", 1), ("m", 60), ("min", 60), ("h", 3600)];
 
 /// Splits `"16 MiB"` into `(16, "mib")`; `None` when there is no leading number.
 fn number_and_unit(text: &str) -> Option<(u64, String)> {
@@ -89,12 +84,15 @@ impl fmt::Display for ByteSize {
 impl Seconds {
     pub fn parse(text: &str) -> Option<Self> {
         let (n, unit) = number_and_unit(text)?;
-        if unit.is_empty() {
-            return Some(Seconds(Duration::from_secs(n)));
+        match unit.as_str() {
+            "" => Some(Seconds(Duration::from_secs(n))),
+            "ms" => Some(Seconds(Duration::from_millis(n))),
+            _ => {
+                let (_, secs) = DURATION_UNITS.iter().find(|(u, _)| *u == unit)?;
+                n.checked_mul(*secs)
+                    .map(|s| Seconds(Duration::from_secs(s)))
+            }
         }
-        let (_, millis) = DURATION_UNITS.iter().find(|(u, _)| *u == unit)?;
-        n.checked_mul(*millis)
-            .map(|ms| Seconds(Duration::from_millis(ms)))
     }
 
     pub fn from_secs(secs: u64) -> Self {
@@ -387,6 +385,10 @@ mod tests {
         assert_eq!(Seconds::parse("soon"), None);
         assert_eq!(Seconds(Duration::from_millis(1500)).to_string(), "1500ms");
         assert_eq!(Seconds::from_secs(30).to_string(), "30s");
+        // Found by fuzzing: a span too long for milliseconds in a u64 still
+        // reads back from its own spelling.
+        let long = Seconds::parse("18446744073709552").expect("seconds");
+        assert_eq!(Seconds::parse(&long.to_string()), Some(long));
     }
 
     #[test]
