@@ -4,6 +4,13 @@
 //! idlest first when the connection limit is reached, all of them on
 //! drain).
 //!
+//! At the connection limit a newcomer is admitted at once by taking the
+//! slot of the most expendable connections ([`Registry::evict`]): one that
+//! never sent a request, then one idle after its requests, then one whose
+//! client is stalling a request (trickling a body, not reading a
+//! response). The evicted connection's slot passes to the newcomer
+//! ([`ConnState::take_slot`]), so admission never waits for a close.
+//!
 //! Timers (all reset by progress, checked only while the connection waits
 //! on its client, so a slow app is never timed out, as in Waitress):
 //! - `channel_timeout`: nothing moved in either direction for that long
@@ -19,7 +26,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
@@ -51,6 +58,19 @@ impl TimedOut {
     /// The timeout behind an I/O error, if a connection timer caused it.
     pub fn of(err: &io::Error) -> Option<&TimedOut> {
         err.get_ref()?.downcast_ref::<TimedOut>()
+    }
+}
+
+/// The error a connection's read or write ends with when an eviction took
+/// its slot while its client stalled a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the client stalled its request while the server was at connection_limit")]
+pub struct Evicted;
+
+impl Evicted {
+    /// Whether an I/O error is this one.
+    pub fn is(err: &io::Error) -> bool {
+        err.get_ref().is_some_and(|e| e.is::<Evicted>())
     }
 }
 
@@ -91,10 +111,29 @@ fn idle_mark() -> u64 {
     IDLE_ORDER.load(Ordering::Relaxed)
 }
 
+/// Who holds a connection's slot of `connection_limit`.
+const SLOT_HELD: u8 = 0;
+/// An eviction took it for a newcomer: the connection must not give it back.
+const SLOT_TAKEN: u8 = 1;
+/// The connection gave it back as it ended.
+const SLOT_RELEASED: u8 = 2;
+
 /// What the service, the socket wrapper and the registry share.
 #[derive(Debug)]
 pub struct ConnState {
     busy: AtomicBool,
+    /// A request is in progress and the connection is waiting on its client
+    /// (a body still arriving, a response not being read): the client, not
+    /// the app, is what it waits for.
+    waiting_on_client: AtomicBool,
+    /// See [`SLOT_HELD`].
+    slot: AtomicU8,
+    /// The client has sent something (a connection still waiting for its
+    /// first byte has cost nothing but a socket).
+    spoke: AtomicBool,
+    /// Closed by the drain (requests still arriving get answered), not by
+    /// an eviction (closed now).
+    draining: AtomicBool,
     /// Requests begun on this connection: a head timer started before the
     /// latest one began belongs to a head that has since been parsed.
     requests: AtomicU64,
@@ -114,6 +153,10 @@ impl ConnState {
     fn new() -> Self {
         ConnState {
             busy: AtomicBool::new(false),
+            waiting_on_client: AtomicBool::new(false),
+            slot: AtomicU8::new(SLOT_HELD),
+            spoke: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             requests: AtomicU64::new(0),
             idle_since: AtomicU64::new(idle_order()),
             close: Notify::new(),
@@ -143,6 +186,54 @@ impl ConnState {
         RequestGuard(Arc::clone(self))
     }
 
+    /// The client's first byte has arrived.
+    pub fn spoke(&self) {
+        self.spoke.store(true, Ordering::Relaxed);
+    }
+
+    /// No request has begun on this connection yet.
+    pub fn never_used(&self) -> bool {
+        self.requests.load(Ordering::Relaxed) == 0
+    }
+
+    /// Closed by the drain rather than an eviction.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Takes this connection's slot for a newcomer: true when the slot was
+    /// still the connection's. The connection is asked to close, and will
+    /// not give the slot back.
+    fn take_slot(&self) -> bool {
+        let taken = self
+            .slot
+            .compare_exchange(SLOT_HELD, SLOT_TAKEN, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok();
+        if taken {
+            self.request_close();
+        }
+        taken
+    }
+
+    /// The connection is ending: true when its slot is still its own to
+    /// give back (false when an eviction took it).
+    pub fn release_slot(&self) -> bool {
+        self.slot
+            .compare_exchange(
+                SLOT_HELD,
+                SLOT_RELEASED,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            )
+            .is_ok()
+    }
+
+    /// The slot went to a newcomer: reads and writes end, so a request
+    /// whose client stalls is cut off rather than waited for.
+    pub fn is_evicted(&self) -> bool {
+        self.slot.load(Ordering::Relaxed) == SLOT_TAKEN
+    }
+
     /// Asks the connection to close: at once if idle, after its current
     /// response otherwise.
     pub fn request_close(&self) {
@@ -169,6 +260,7 @@ impl Drop for RequestGuard {
         // so a connection that has just finished a request is not taken
         // for one idle since before it.
         self.0.idle_since.store(idle_order(), Ordering::Relaxed);
+        self.0.waiting_on_client.store(false, Ordering::Relaxed);
         self.0.busy.store(false, Ordering::Release);
     }
 }
@@ -181,6 +273,24 @@ pub struct Registry {
     marks: Mutex<Marks>,
     /// Woken when the last connection goes.
     emptied: Notify,
+    /// The drain has begun: connections registered now are draining too.
+    draining: AtomicBool,
+}
+
+/// How expendable a connection is when a newcomer needs its slot, most
+/// first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Expendable {
+    /// Never sent a byte: a flood's connections, or a client that opened
+    /// one too many.
+    Silent,
+    /// Never finished a request head (slowloris).
+    NeverUsed,
+    /// Idle after its requests for at least one tick.
+    IdleAfterUse,
+    /// A request in progress whose client has stalled it (for at least one
+    /// tick since it began): a trickled body, an unread response.
+    StalledOnClient,
 }
 
 /// [`idle_mark`] at the last two times an eviction moved them on, at least
@@ -223,6 +333,10 @@ impl Registry {
     pub fn register(self: &Arc<Self>) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let state = Arc::new(ConnState::new());
+        if self.draining.load(Ordering::Relaxed) {
+            state.draining.store(true, Ordering::Relaxed);
+            state.request_close();
+        }
         self.lock().insert(id, Arc::clone(&state));
         metrics::get().connections_active.inc();
         Registration {
@@ -232,35 +346,52 @@ impl Registry {
         }
     }
 
-    /// Asks the longest-idle connection to close, to make room for a new
-    /// one at the connection limit, among those idle since before `mark`
-    /// (see [`idle_mark`]): a keep-alive connection that is between two
-    /// requests of a busy client is not idle in any useful sense, and
-    /// closing it would race with its next request. Returns false when no
-    /// connection qualifies (the new one then waits in the kernel backlog,
-    /// as in Waitress).
-    fn close_idlest(&self, mark: u64) -> bool {
-        let conns = self.lock();
-        let idlest = conns
-            .values()
-            .filter(|c| !c.is_busy() && !c.close_requested.load(Ordering::Relaxed))
-            .filter(|c| c.idle_since.load(Ordering::Relaxed) < mark)
-            .min_by_key(|c| c.idle_since.load(Ordering::Relaxed));
-        match idlest {
-            Some(c) => {
-                c.request_close();
-                metrics::get().connections_evicted.inc();
-                true
-            }
-            None => false,
+    /// How expendable `c` is, and its place in line (oldest first); `None`
+    /// when it is not to be evicted. `older` is the mark a tick old (see
+    /// [`idle_mark`]).
+    fn expendable(c: &ConnState, older: u64) -> Option<(Expendable, u64)> {
+        if c.close_requested.load(Ordering::Relaxed) || c.slot.load(Ordering::Relaxed) != SLOT_HELD
+        {
+            return None;
         }
+        let since = c.idle_since.load(Ordering::Relaxed);
+        let tier = if !c.is_busy() {
+            if c.never_used() && !c.spoke.load(Ordering::Relaxed) {
+                Expendable::Silent
+            } else if c.never_used() {
+                Expendable::NeverUsed
+            } else if since < older {
+                // A keep-alive connection between two requests of a busy
+                // client is not idle in any useful sense: closing it would
+                // race with its next request.
+                Expendable::IdleAfterUse
+            } else {
+                return None;
+            }
+        } else if c.waiting_on_client.load(Ordering::Relaxed) && since < older {
+            Expendable::StalledOnClient
+        } else {
+            return None;
+        };
+        Some((tier, since))
     }
 
-    /// Closes the longest-idle connection that has been idle for at least
-    /// one [`EVICTION_TICK`] (see [`Registry::close_idlest`]). A caller
-    /// that finds none tries again a tick later.
-    pub fn evict(&self) -> bool {
-        let older = {
+    /// Takes the slots of up to `wanted` of the most expendable connections
+    /// (see [`Expendable`]), asking each to close; returns how many it
+    /// took, which the caller adds to the connection limit's free slots.
+    /// Returns 0 when no connection qualifies: the newcomer then waits for
+    /// one to end or to qualify (as in Waitress, in the kernel backlog).
+    /// One look over every connection finds a batch, so a flood costs one
+    /// scan per batch, not one per connection.
+    pub fn evict(&self, wanted: usize) -> usize {
+        let older = self.tick_mark();
+        self.evict_before(older, wanted)
+    }
+
+    /// The mark at least one [`EVICTION_TICK`] old, moving the marks on
+    /// when a tick has passed.
+    fn tick_mark(&self) -> u64 {
+        {
             let mut marks = self.marks.lock().unwrap_or_else(PoisonError::into_inner);
             let now = Instant::now();
             if marks
@@ -272,13 +403,41 @@ impl Registry {
                 marks.moved = Some(now);
             }
             marks.older
-        };
-        self.close_idlest(older)
+        }
     }
 
-    /// Asks every connection to close (drain).
+    /// [`Registry::evict`] with `older` as the mark a tick old.
+    fn evict_before(&self, older: u64, wanted: usize) -> usize {
+        let conns = self.lock();
+        let mut candidates: Vec<((Expendable, u64), &Arc<ConnState>)> = conns
+            .values()
+            .filter_map(|c| Self::expendable(c, older).map(|key| (key, c)))
+            .collect();
+        let wanted = wanted.min(candidates.len());
+        if wanted == 0 {
+            return 0;
+        }
+        if wanted < candidates.len() {
+            candidates.select_nth_unstable_by_key(wanted - 1, |(key, _)| *key);
+        }
+        let mut taken = 0;
+        for (_, c) in &candidates[..wanted] {
+            if c.take_slot() {
+                taken += 1;
+            }
+        }
+        metrics::get().connections_evicted.inc_by(taken as u64);
+        taken
+    }
+
+    /// Asks every connection to close (drain): busy ones after their
+    /// current response, idle ones once they have stayed idle a moment (a
+    /// request already on its way is answered, with `Connection: close`).
+    /// Connections registered from now on are draining from the start.
     pub fn close_all(&self) {
+        self.draining.store(true, Ordering::Relaxed);
         for c in self.lock().values() {
+            c.draining.store(true, Ordering::Relaxed);
             c.request_close();
         }
     }
@@ -409,8 +568,16 @@ impl<S> Watched<S> {
         io::Error::new(io::ErrorKind::TimedOut, TimedOut { which, timeout })
     }
 
-    fn note_read(&mut self) {
+    /// Bytes moved: the client is not stalling the request (if any).
+    fn progress(&mut self) {
         self.undated = true;
+        if self.state.waiting_on_client.load(Ordering::Relaxed) {
+            self.state.waiting_on_client.store(false, Ordering::Relaxed);
+        }
+    }
+
+    fn note_read(&mut self) {
+        self.progress();
         self.forget_parsed_head();
         if self.state.is_busy() {
             return;
@@ -462,6 +629,14 @@ impl<S> Watched<S> {
     /// Called when an operation has to wait: `Ready(Err)` once a deadline
     /// has passed.
     fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        if self.state.is_busy() {
+            // A request in progress that an eviction cut off: its client
+            // is what it waits for, and its slot has gone to a newcomer.
+            if self.state.is_evicted() {
+                return Poll::Ready(io::Error::new(io::ErrorKind::ConnectionAborted, Evicted));
+            }
+            self.state.waiting_on_client.store(true, Ordering::Relaxed);
+        }
         self.forget_parsed_head();
         self.date(Instant::now());
         loop {
@@ -555,7 +730,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         match Pin::new(&mut self.io).poll_write(cx, data) {
             Poll::Ready(result) => {
                 if matches!(result, Ok(n) if n > 0) {
-                    self.undated = true;
+                    self.progress();
                 }
                 Poll::Ready(result)
             }
@@ -572,7 +747,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         match Pin::new(&mut self.io).poll_write_vectored(cx, bufs) {
             Poll::Ready(result) => {
                 if matches!(result, Ok(n) if n > 0) {
-                    self.undated = true;
+                    self.progress();
                 }
                 Poll::Ready(result)
             }
@@ -787,27 +962,61 @@ mod tests {
     }
 
     #[test]
-    fn the_idlest_idle_connection_is_chosen() {
+    fn the_most_expendable_connections_give_up_their_slots() {
         let registry = Arc::new(Registry::default());
-        let older = registry.register();
-        std::thread::sleep(Duration::from_millis(5));
-        let newer = registry.register();
-        let busy = registry.register();
-        let _guard = busy.state.begin();
+        // Used once, idle since.
+        let used_early = registry.register();
+        drop(used_early.state.begin());
+        let never_used = registry.register();
+        // Busy, its client stalling (a trickled body).
+        let stalled = registry.register();
+        let _stalled_request = stalled.state.begin();
+        stalled
+            .state
+            .waiting_on_client
+            .store(true, Ordering::Relaxed);
+        // Busy in the app: never evicted.
+        let in_app = registry.register();
+        let _in_app_request = in_app.state.begin();
         let mark = idle_mark();
-        let fresh = registry.register();
-        assert!(registry.close_idlest(mark));
-        assert!(older.state.close_requested.load(Ordering::Relaxed));
-        assert!(!newer.state.close_requested.load(Ordering::Relaxed));
-        assert!(registry.close_idlest(mark));
-        assert!(newer.state.close_requested.load(Ordering::Relaxed));
+        // Idle after use, but only just (within the tick): not yet.
+        let used_late = registry.register();
+        drop(used_late.state.begin());
+        let never_used_late = registry.register();
+
+        let taken = |r: &Registration| r.state.is_evicted();
+        // Never-used connections first, those that never said a word before
+        // those with a head under way, oldest first, whatever their age.
+        never_used.state.spoke();
+        assert_eq!(registry.evict_before(mark, 1), 1);
+        assert!(taken(&never_used_late) && !taken(&never_used));
+        assert_eq!(registry.evict_before(mark, 1), 1);
+        assert!(taken(&never_used));
+        // Then idle after use (for a tick), then stalled on the client.
+        assert_eq!(registry.evict_before(mark, 5), 2);
+        assert!(taken(&used_early) && taken(&stalled));
+        assert!(!taken(&used_late), "idle for less than a tick");
+        assert!(!taken(&in_app), "the app's requests are never cut");
+        assert_eq!(registry.evict_before(mark, 5), 0, "nothing left to take");
+        // A slot taken is not given back by its connection; others are.
+        assert!(!never_used.state.release_slot());
+        assert!(used_late.state.release_slot());
         assert!(
-            !registry.close_idlest(mark),
-            "only the busy one and one idle for less than a round are left"
+            !used_late.state.take_slot(),
+            "a released slot cannot be taken"
         );
-        assert!(!fresh.state.close_requested.load(Ordering::Relaxed));
-        assert_eq!((registry.open(), registry.busy()), (4, 1));
-        drop(older);
-        assert_eq!(registry.open(), 3);
+        assert_eq!(registry.open(), 6);
+        drop(never_used);
+        assert_eq!(registry.open(), 5);
+    }
+
+    #[test]
+    fn the_drain_marks_every_connection_and_every_later_one() {
+        let registry = Arc::new(Registry::default());
+        let before = registry.register();
+        registry.close_all();
+        let after = registry.register();
+        assert!(before.state.is_draining() && after.state.is_draining());
+        assert!(after.state.close_requested.load(Ordering::Relaxed));
     }
 }

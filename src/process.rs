@@ -266,12 +266,14 @@ fn raise_fd_limit(connection_limit: usize) {
                 };
                 if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
                     limit = raised;
-                    tracing::debug!("open-file limit raised to {}", limit.rlim_cur);
                 }
             }
             true
         }
     };
+    if known {
+        tracing::info!("open-file limit: {}", limit.rlim_cur);
+    }
     // Each connection is one descriptor, plus listeners, spool files and
     // Python's own files.
     const SPARE: u64 = 64;

@@ -25,7 +25,7 @@ use super::policy::{self, GatewayReason, GatewayResponse};
 use super::record::Record;
 use crate::access::AccessLog;
 use crate::config::plan::{EnvironPlan, GatewayPlan};
-use crate::connection::{RequestGuard, TimedOut};
+use crate::connection::{Evicted, RequestGuard, TimedOut};
 use crate::framing::{HeadFacts, Violation};
 use crate::metrics;
 use crate::proxy::{Disbelief, HeaderSet, ProxyVerdict};
@@ -340,6 +340,12 @@ fn body_error(err: hyper::Error) -> GatewayResponse {
     if let Some(io) = cause.downcast_ref::<std::io::Error>() {
         if let Some(timed_out) = TimedOut::of(io) {
             return body_stopped(timed_out.timeout.name);
+        }
+        if Evicted::is(io) {
+            return GatewayResponse::new(
+                GatewayReason::BodyTimeout,
+                "The request body arrived too slowly while the server was at its connection limit",
+            );
         }
         // The chunked framing broke a rule hyper does not check.
         if let Some(violation) = io.get_ref().and_then(|e| e.downcast_ref::<Violation>()) {

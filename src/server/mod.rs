@@ -23,7 +23,6 @@ use std::sync::atomic::Ordering;
 
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioTimer;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{Semaphore, watch};
 
@@ -33,8 +32,8 @@ use crate::gateway::service::Shared;
 use crate::listen::{Bound, SocketFiles};
 use crate::signals::{StopRequest, StopRequests};
 use crate::wsgi::environ::Peer;
-pub use accept::RejectedConnection;
 use accept::{AcceptContext, Listener, accept_loop};
+pub use accept::{RejectedConnection, Stream};
 
 /// hyper's per-connection settings, derived once.
 pub fn http1_builder(plan: &ConnectionPlan) -> http1::Builder {
@@ -72,6 +71,7 @@ pub async fn serve(
         shared: Arc::clone(&shared),
         builder: http1_builder(connections),
         limit: Arc::new(Semaphore::new(connections.limit)),
+        eviction_batch: (connections.limit / 64).max(1),
         registry: Arc::clone(&registry),
         timeouts: connections.timeouts,
         allow_bare_lf: connections.allow_bare_lf,
@@ -140,14 +140,12 @@ pub async fn serve(
 /// Serves one connection over any byte stream, as the accept loop serves a
 /// socket, and returns when it has closed: for tests and fuzzing, where
 /// the client is in memory.
-pub async fn serve_stream<S>(
+pub async fn serve_stream<S: Stream>(
     stream: S,
     peer: Peer,
     shared: Arc<Shared>,
     connections: &ConnectionPlan,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+) {
     let limit = Arc::new(Semaphore::new(1));
     let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
         return;
@@ -157,6 +155,7 @@ pub async fn serve_stream<S>(
         shared,
         builder: http1_builder(connections),
         limit,
+        eviction_batch: 1,
         registry: Arc::new(Registry::default()),
         timeouts: connections.timeouts,
         allow_bare_lf: connections.allow_bare_lf,
