@@ -7,13 +7,13 @@ client fares meanwhile.
 
 Starts the server (bench/compare.py's command line, app `apps:echo`, the
 server's defaults otherwise), opens --count connections of one --kind and
-keeps them open (one that the server closes is opened again, as an attacker
-would):
+keeps them open (with --reopen, one the server closes is opened again half a
+second later, as an attacker would):
 
 - idle: connect and say nothing;
 - slowloris: a request head trickled one byte a second, never finished;
 - body: a head announcing a 1 MiB body, the body trickled one byte a second;
-- noread: requests echoing 64 KiB, pipelined, the answers never read.
+- noread: a request echoing 256 KiB, the answer never read.
 
 Once they are up it sends --probes ordinary requests (a POST to the echo
 app, each on a fresh connection, one at a time) and prints their p50/p99
@@ -56,9 +56,11 @@ def open_fds(pid):
 class Flood:
     """Keeps `count` connections of one kind open against the server."""
 
-    def __init__(self, port, kind, count, same_address):
+    def __init__(self, port, kind, count, same_address, reopen):
         self.port, self.kind, self.count = port, kind, count
         self.same_address = same_address
+        self.reopen = reopen
+        self.closed_by_server = 0
         self.open = 0
         self.reopened = 0
         self.failed_opens = 0
@@ -95,6 +97,9 @@ class Flood:
             finally:
                 self.open -= 1
                 writer.close()
+            self.closed_by_server += 1
+            if not self.reopen:
+                return
             await asyncio.sleep(0.5)
 
     async def hold(self, reader, writer):
@@ -116,16 +121,11 @@ class Flood:
                     await writer.drain()
                     await asyncio.wait([closed], timeout=1)
             elif self.kind == "noread":
-                # The echo app answers each with 64 KiB, which nobody reads.
-                body = b"x" * 65536
-                request = b"POST /echo HTTP/1.1\r\nHost: flood\r\nContent-Length: 65536\r\n\r\n" + body
-                while not closed.done():
-                    writer.write(request * 4)
-                    # drain() blocks once the server stops reading: the
-                    # socket is then full in both directions.
-                    await asyncio.wait([asyncio.ensure_future(writer.drain()), closed],
-                                       return_when=asyncio.FIRST_COMPLETED)
-                    await asyncio.sleep(0.2)
+                # The echo app answers with 256 KiB, more than the sockets
+                # between hold, and nobody reads it.
+                body = b"x" * 262144
+                writer.write(b"POST /echo HTTP/1.1\r\nHost: flood\r\nContent-Length: 262144\r\n\r\n" + body)
+                await closed
             else:
                 raise SystemExit(f"unknown kind {self.kind}")
         finally:
@@ -165,7 +165,7 @@ async def probe(port):
 
 
 async def run(args, port, pid):
-    flood = Flood(port, args.kind, args.count, args.same_address)
+    flood = Flood(port, args.kind, args.count, args.same_address, args.reopen)
     ready = asyncio.Semaphore(0)
     tasks = []
     opening = asyncio.Semaphore(args.ramp)
@@ -221,6 +221,8 @@ def main():
     ap.add_argument("--seconds", type=float, default=120.0, help="the whole run at most")
     ap.add_argument("--threads", type=int, default=4)
     ap.add_argument("--same-address", action="store_true")
+    ap.add_argument("--reopen", action="store_true",
+                    help="open a flood connection again when the server closes it (half a second later)")
     ap.add_argument("--json", help="also write the figures to this file")
     ap.add_argument("--extra", default="", help="more arguments for the server (maitred only), e.g. '--connection-limit 1000'")
     args = ap.parse_args()
@@ -256,6 +258,7 @@ def main():
     figures = {
         "server": args.server, "kind": args.kind, "count": args.count,
         "flood_open_at_end": samples[-1][3] if samples else 0,
+        "flood_closed_by_server": flood.closed_by_server,
         "flood_reopened": flood.reopened, "flood_failed_opens": flood.failed_opens,
         "seconds_to_open": round(opened_after, 1),
         "probes": len(results), "failed": len(failures),

@@ -34,6 +34,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
+use crate::budget;
 pub use crate::config::plan::Timeouts;
 use crate::framing::{HeadQueue, RefusedHead, Scanner, Verdict, Violation};
 use crate::metrics::{self, Label};
@@ -144,6 +145,9 @@ pub struct ConnState {
     /// hyper has tried to write since it last flushed: part of a response
     /// may still sit in its buffer.
     unflushed: AtomicBool,
+    /// Response bytes handed to hyper since it last flushed (counted in
+    /// the memory budget, [`budget::BODIES`], too).
+    unsent: AtomicU64,
     /// What the framing scanner learned of each head hyper has not yet
     /// handed to the gateway.
     pub heads: HeadQueue,
@@ -162,6 +166,7 @@ impl ConnState {
             close: Notify::new(),
             close_requested: AtomicBool::new(false),
             unflushed: AtomicBool::new(false),
+            unsent: AtomicU64::new(0),
             heads: HeadQueue::default(),
         }
     }
@@ -184,6 +189,17 @@ impl ConnState {
         self.requests.fetch_add(1, Ordering::Relaxed);
         self.busy.store(true, Ordering::Release);
         RequestGuard(Arc::clone(self))
+    }
+
+    /// `n` response bytes went to hyper, to be sent.
+    pub fn handed_over(&self, n: u64) {
+        self.unsent.fetch_add(n, Ordering::Relaxed);
+        budget::BODIES.take(n);
+    }
+
+    /// Everything handed over has reached the kernel (or never will).
+    fn flushed(&self) {
+        budget::BODIES.give_back(self.unsent.swap(0, Ordering::Relaxed));
     }
 
     /// The client's first byte has arrived.
@@ -254,6 +270,13 @@ impl ConnState {
 #[derive(Debug)]
 pub struct RequestGuard(Arc<ConnState>);
 
+impl RequestGuard {
+    /// `n` bytes of the response went to hyper, to be sent.
+    pub fn handed_over(&self, n: u64) {
+        self.0.handed_over(n);
+    }
+}
+
 impl Drop for RequestGuard {
     fn drop(&mut self) {
         // Release: whoever sees `busy` false also sees the new idle order,
@@ -313,6 +336,7 @@ pub struct Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
+        self.state.flushed();
         let empty = {
             let mut conns = self.registry.lock();
             conns.remove(&self.id);
@@ -629,6 +653,13 @@ impl<S> Watched<S> {
     /// Called when an operation has to wait: `Ready(Err)` once a deadline
     /// has passed.
     fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        // Its client is not reading the response it holds memory for, and
+        // the memory budget is spent: the connection is cut rather than
+        // held.
+        if self.state.unsent.load(Ordering::Relaxed) > 0 && budget::BODIES.exhausted() {
+            metrics::get().connections_evicted.inc();
+            return Poll::Ready(io::Error::new(io::ErrorKind::ConnectionAborted, Evicted));
+        }
         if self.state.is_busy() {
             // A request in progress that an eviction cut off: its client
             // is what it waits for, and its slot has gone to a newcomer.
@@ -662,6 +693,9 @@ impl<S> Watched<S> {
     }
 }
 
+/// Most bytes one read takes from the socket (see `poll_read`).
+const READ_LIMIT: usize = 8 * 1024 - 1;
+
 impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -677,7 +711,17 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
-        match Pin::new(&mut self.io).poll_read(cx, buf) {
+        let polled = {
+            let mut limited = buf.take(READ_LIMIT);
+            let polled = Pin::new(&mut self.io).poll_read(cx, &mut limited);
+            let n = limited.filled().len();
+            // SAFETY: `limited` views the unfilled part of `buf`, and the
+            // read initialized its first `n` bytes.
+            unsafe { buf.assume_init(n) };
+            buf.advance(n);
+            polled
+        };
+        match polled {
             Poll::Ready(result) => {
                 if buf.filled().len() > before {
                     let this = &mut *self;
@@ -764,6 +808,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
             Poll::Pending => self.poll_expired(cx).map(Err),
             Poll::Ready(Ok(())) => {
                 self.state.unflushed.store(false, Ordering::Relaxed);
+                self.state.flushed();
                 Poll::Ready(Ok(()))
             }
             ready => ready,

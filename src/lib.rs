@@ -7,7 +7,7 @@
 //! `docs/architecture.md` maps the modules and the direction of every
 //! dependency between them; in short, from the bottom up:
 //!
-//! - [`scheme`], [`metrics`], [`signals`], [`framing`]: vocabulary and
+//! - [`scheme`], [`metrics`], [`signals`], [`framing`], [`budget`]: vocabulary and
 //!   leaves;
 //! - [`proxy`], [`access`], [`listen`]: protocol decisions and sockets,
 //!   knowing nothing of settings;
@@ -18,6 +18,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod budget;
 pub mod cli;
 pub mod config;
 pub mod connection;

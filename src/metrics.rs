@@ -208,6 +208,10 @@ pub struct Metrics {
     pub connection_limit_reached: IntCounter,
     pub python_threads: IntGauge,
     pub python_threads_busy: IntGauge,
+    /// Threads still in the app past `request_timeout`, and the threads
+    /// started to replace them.
+    pub python_threads_stuck: IntGauge,
+    pub python_thread_replacements: IntCounter,
     pub queue_depth: IntGauge,
     pub queue_limit: IntGauge,
     pub queue_wait: Histogram,
@@ -335,6 +339,16 @@ impl Metrics {
             "maitred_python_threads_busy",
             "Python threads running a request.",
         );
+        let python_threads_stuck = gauge(
+            &r,
+            "maitred_python_threads_stuck",
+            "Python threads still running a request past request_timeout (its client got 504).",
+        );
+        let python_thread_replacements = counter(
+            &r,
+            "maitred_python_thread_replacements_total",
+            "Python threads started to stand in for threads stuck past request_timeout.",
+        );
         let queue_depth = gauge(
             &r,
             "maitred_request_queue_depth",
@@ -439,6 +453,8 @@ impl Metrics {
             connection_limit_reached,
             python_threads,
             python_threads_busy,
+            python_threads_stuck,
+            python_thread_replacements,
             queue_depth,
             queue_limit,
             queue_wait,

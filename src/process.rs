@@ -14,6 +14,7 @@ use std::time::Duration;
 use pyo3::{Py, PyAny};
 
 use crate::access::AccessLog;
+use crate::budget;
 use crate::config::{Loaded, Plan};
 use crate::connection::ConnectionTimeout;
 use crate::gateway::policy::GatewayReason;
@@ -101,6 +102,7 @@ pub fn report_start(notices: &[String], loaded: &Loaded) {
 pub fn run(plan: &Plan, handover: Handover) -> Result<u8, Failure> {
     raise_fd_limit(plan.connections.limit);
     seed(metrics::get());
+    budget::BODIES.set_limit(plan.connections.buffer_memory);
     let Handover {
         activated,
         inherited,

@@ -111,6 +111,7 @@ fn samples() -> Vec<(&'static str, &'static str, &'static str, Value)> {
             "8MiB",
             json!("8MiB"),
         ),
+        ("limits.buffer_memory", "\"64MiB\"", "64MiB", json!("64MiB")),
         ("limits.connection_limit", "10", "10", json!(10)),
         ("limits.channel_timeout", "\"30s\"", "30", json!("30s")),
         ("limits.header_timeout", "\"10s\"", "10", json!("10s")),
@@ -378,7 +379,7 @@ fn precedence_for_every_pair_of_layers() {
         entry(&v, "ident"),
         (&json!("e"), "environment variable MAITRED_IDENT")
     );
-    assert_eq!(entry(&v, "backlog"), (&json!(1024), "the built-in default"));
+    assert_eq!(entry(&v, "backlog"), (&json!(4096), "the built-in default"));
 }
 
 #[test]

@@ -11,27 +11,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use common::{Conn, server};
+use common::{Conn, eventually, server};
 
 fn refuses_connections(addr: &str) -> bool {
     matches!(
         TcpStream::connect(addr),
         Err(e) if e.kind() == ErrorKind::ConnectionRefused
     )
-}
-
-/// Polls `check` every 20 ms until it holds or `within` passes.
-fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    loop {
-        if check() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// A connection with `GET /sleep?SECONDS` sent on it.

@@ -263,7 +263,7 @@ fn a_mixed_workload_moves_every_family_and_passes_promtool() {
     );
     assert!(must(&m, "maitred_connections_accepted_total") >= 12.0);
     assert_eq!(must(&m, "maitred_python_threads"), 2.0);
-    assert_eq!(must(&m, "maitred_connection_limit"), 100.0);
+    assert_eq!(must(&m, "maitred_connection_limit"), 1024.0);
     assert_eq!(must(&m, "maitred_request_queue_limit"), 100.0);
     assert!(must(&m, "maitred_request_queue_wait_seconds_count") >= 9.0);
     assert!(must(&m, "cpython_gc_collections_total{generation=\"2\"}") >= 1.0);

@@ -469,7 +469,7 @@ mod tests {
             assert_eq!(loaded.settings.threads, 5, "flag beats env");
             assert_eq!(loaded.settings.ident, "env", "env beats file");
             assert_eq!(loaded.settings.url_scheme, "https", "file beats default");
-            assert_eq!(loaded.settings.backlog, 1024, "default remains");
+            assert_eq!(loaded.settings.backlog, 4096, "default remains");
             Ok(())
         });
     }

@@ -131,6 +131,10 @@ pub struct Limits {
     pub outbuf_overflow: ByteSize,
     /// The app's thread blocks while more than this is waiting to be sent.
     pub outbuf_high_watermark: ByteSize,
+    /// Memory for request bodies and unsent responses over all
+    /// connections; past it they go to temporary files, and a connection
+    /// whose client stops reading is cut.
+    pub buffer_memory: ByteSize,
     /// Open connections at which maitred stops accepting.
     #[serde(deserialize_with = "values::usize")]
     pub connection_limit: usize,
@@ -217,7 +221,7 @@ impl Default for Settings {
             unix_socket_perms: "600".to_owned(),
             ipv4: true,
             ipv6: true,
-            backlog: 1024,
+            backlog: 4096,
             threads: 4,
             workers: 1,
             url_scheme: "http".to_owned(),
@@ -247,7 +251,8 @@ impl Default for Limits {
             inbuf_overflow: ByteSize(512 << 10),
             outbuf_overflow: ByteSize(1 << 20),
             outbuf_high_watermark: ByteSize(16 << 20),
-            connection_limit: 100,
+            buffer_memory: ByteSize(32 << 20),
+            connection_limit: 1024,
             channel_timeout: Seconds::from_secs(120),
             header_timeout: Seconds::from_secs(30),
             body_timeout: Seconds::from_secs(60),
@@ -321,7 +326,7 @@ mod tests {
         let s = Settings::default();
         assert_eq!(s.threads, 4);
         assert_eq!(s.listen, vec![DEFAULT_LISTEN]);
-        assert_eq!(s.limits.connection_limit, 100);
+        assert_eq!(s.limits.connection_limit, 1024);
         assert_eq!(s.limits.inbuf_overflow, ByteSize(524_288));
         assert_eq!(s.limits.outbuf_high_watermark, ByteSize(16_777_216));
         assert_eq!(s.limits.max_request_header_size, ByteSize(262_144));

@@ -172,6 +172,8 @@ pub struct ConnectionPlan {
     pub max_headers: usize,
     /// Accept a bare LF as a line ending (see `framing`).
     pub allow_bare_lf: bool,
+    /// The memory budget for bodies (see `budget`).
+    pub buffer_memory: u64,
 }
 
 /// How the process stops.
@@ -300,6 +302,11 @@ impl Plan {
             limits.outbuf_high_watermark.0 != 0,
             "must be at least 1 byte",
         );
+        c.require(
+            "limits.buffer_memory",
+            limits.buffer_memory.0 >= 1 << 20,
+            "must be at least 1MiB (it is shared by every connection)",
+        );
         let timeouts = Timeouts {
             channel: c.timeout("limits.channel_timeout", limits.channel_timeout.0),
             header: c.timeout("limits.header_timeout", limits.header_timeout.0),
@@ -406,6 +413,7 @@ impl Plan {
                 max_head: max_head.as_usize(),
                 max_headers: limits.max_request_headers,
                 allow_bare_lf: s.allow_bare_lf,
+                buffer_memory: limits.buffer_memory.0,
             },
             drain: DrainPlan {
                 shutdown_delay: s.shutdown_delay.0,
@@ -543,7 +551,7 @@ mod tests {
     fn the_defaults_make_a_plan_like_waitress() {
         let plan = Plan::build(&Settings::default()).expect("the defaults are valid");
         assert_eq!(plan.pool.threads, 4);
-        assert_eq!(plan.connections.limit, 100);
+        assert_eq!(plan.connections.limit, 1024);
         assert_eq!(plan.gateway.inbuf_overflow, 524_288);
         assert_eq!(plan.pool.outbuf_high_water, 16_777_216);
         assert_eq!(plan.connections.max_head, 262_144);

@@ -237,6 +237,9 @@ impl http_body::Body for ResponseBody {
                         continue;
                     }
                     this.sent += data.len() as u64;
+                    if let Some(guard) = &this.guard {
+                        guard.handed_over(data.len() as u64);
+                    }
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
                 Some(Err(e)) => e,

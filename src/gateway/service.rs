@@ -24,6 +24,7 @@ use super::body::ResponseBody;
 use super::policy::{self, GatewayReason, GatewayResponse};
 use super::record::Record;
 use crate::access::AccessLog;
+use crate::budget::Held;
 use crate::config::plan::{EnvironPlan, GatewayPlan};
 use crate::connection::{Evicted, RequestGuard, TimedOut};
 use crate::framing::{HeadFacts, Violation};
@@ -104,6 +105,7 @@ async fn serve_request(
             body: RequestBody::Memory(Bytes::new()),
             len: 0,
             framed,
+            held: Held::default(),
         })
     } else {
         Box::pin(receive(body, framed, shared)).await
@@ -113,6 +115,9 @@ async fn serve_request(
         Err(refused) => return reject(shared, parts.version, refused),
     };
     record.request_body(received.len);
+    // The body's share of the memory budget is given back once the app has
+    // answered (it has read the body by then, as a rule).
+    let _body_memory = received.held;
     let head = RequestHead {
         method: parts.method.as_str(),
         uri: &parts.uri,
@@ -133,13 +138,20 @@ async fn serve_request(
         );
     }
     let (tx, rx) = oneshot::channel();
+    let queued_at = Instant::now();
     let call = Call {
         cgi,
         body: received.body,
         reply: tx,
         head: parts.method == Method::HEAD,
         uri: parts.uri.clone(),
-        queued_at: Instant::now(),
+        queued_at,
+        // A thread still running the call once its client has had the 504
+        // counts as stuck: the pool starts another in its place.
+        deadline: shared
+            .plan
+            .request_timeout
+            .map(|limit| queued_at + limit.after),
     };
     match shared.pool.submit(call) {
         Ok(()) => {}
@@ -264,10 +276,13 @@ struct Received {
     body: RequestBody,
     len: u64,
     framed: bool,
+    /// The memory budget the body takes while the request lasts.
+    held: Held,
 }
 
-/// Reads the whole body, in memory up to `inbuf_overflow` and in an
-/// anonymous temporary file beyond, enforcing `max_request_body_size` as
+/// Reads the whole body, in memory up to `inbuf_overflow` (and while the
+/// memory budget has room) and in an anonymous temporary file beyond,
+/// enforcing `max_request_body_size` as
 /// bytes arrive (so a chunked upload cannot grow past it).
 async fn receive(
     mut body: Incoming,
@@ -281,6 +296,7 @@ async fn receive(
     let mut memory = BytesMut::new();
     let mut spool: Option<tokio::fs::File> = None;
     let mut len: u64 = 0;
+    let mut held = Held::default();
     loop {
         let frame = match tokio::time::timeout(plan.body_timeout.after, body.frame()).await {
             Ok(Some(frame)) => frame,
@@ -299,6 +315,7 @@ async fn receive(
             && first.is_none()
             && memory.is_empty()
             && len <= plan.inbuf_overflow as u64
+            && held.try_grow(len)
         {
             first = Some(data);
             continue;
@@ -306,10 +323,14 @@ async fn receive(
         if let Some(piece) = first.take() {
             memory.extend_from_slice(&piece);
         }
-        if spool.is_none() && memory.len() + data.len() > plan.inbuf_overflow {
+        if spool.is_none()
+            && (memory.len() + data.len() > plan.inbuf_overflow
+                || !held.try_grow(data.len() as u64))
+        {
             let mut file = tokio::fs::File::from_std(tempfile::tempfile().map_err(spool_failed)?);
             file.write_all(&memory).await.map_err(spool_failed)?;
             memory = BytesMut::new();
+            held.clear();
             spool = Some(file);
         }
         match &mut spool {
@@ -326,7 +347,12 @@ async fn receive(
             RequestBody::File(file)
         }
     };
-    Ok(Received { body, len, framed })
+    Ok(Received {
+        body,
+        len,
+        framed,
+        held,
+    })
 }
 
 fn body_error(err: hyper::Error) -> GatewayResponse {

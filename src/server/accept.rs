@@ -16,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
-use crate::config::plan::Timeout;
+use crate::config::plan::{ConnectionPlan, Timeout};
 use crate::connection::{ConnState, ConnectionTimeout, Registry, Timeouts, Watched};
 use crate::framing::Scanner;
 use crate::gateway::policy::{GatewayReason, GatewayResponse};
@@ -75,6 +75,29 @@ pub struct AcceptContext {
     pub max_head: usize,
     /// Becomes true when the listeners must close (drain).
     pub stop: watch::Receiver<bool>,
+}
+
+impl AcceptContext {
+    /// What every connection accepted under `connections` is served with.
+    pub fn new(
+        shared: Arc<Shared>,
+        connections: &ConnectionPlan,
+        limit: Arc<Semaphore>,
+        eviction_batch: usize,
+        stop: watch::Receiver<bool>,
+    ) -> Self {
+        AcceptContext {
+            shared,
+            builder: super::http1_builder(connections),
+            limit,
+            eviction_batch,
+            registry: Arc::new(Registry::default()),
+            timeouts: connections.timeouts,
+            allow_bare_lf: connections.allow_bare_lf,
+            max_head: connections.max_head,
+            stop,
+        }
+    }
 }
 
 pub enum Listener {
@@ -264,10 +287,10 @@ fn serve_accepted(accepted: Accepted, ctx: &AcceptContext, permit: OwnedSemaphor
     match accepted {
         Accepted::Tcp(stream, peer) => {
             let _ = stream.set_nodelay(true);
-            spawn_connection(stream, peer, &ctx, permit);
+            spawn_connection(stream, peer, ctx, permit);
         }
         Accepted::Unix(stream) => {
-            spawn_connection(stream, Peer::Unix, &ctx, permit);
+            spawn_connection(stream, Peer::Unix, ctx, permit);
         }
         Accepted::ProxyProtocol(stream, remote, local) => {
             let _ = stream.set_nodelay(true);

@@ -65,19 +65,15 @@ pub async fn serve(
     drain: &DrainPlan,
     mut stops: StopRequests,
 ) -> std::io::Result<u8> {
-    let registry = Arc::new(Registry::default());
     let (stop_tx, stop_rx) = watch::channel(false);
-    let ctx = AcceptContext {
-        shared: Arc::clone(&shared),
-        builder: http1_builder(connections),
-        limit: Arc::new(Semaphore::new(connections.limit)),
-        eviction_batch: (connections.limit / 64).max(1),
-        registry: Arc::clone(&registry),
-        timeouts: connections.timeouts,
-        allow_bare_lf: connections.allow_bare_lf,
-        max_head: connections.max_head,
-        stop: stop_rx,
-    };
+    let ctx = AcceptContext::new(
+        Arc::clone(&shared),
+        connections,
+        Arc::new(Semaphore::new(connections.limit)),
+        (connections.limit / 64).max(1),
+        stop_rx,
+    );
+    let registry = Arc::clone(&ctx.registry);
     let mut socket_files = SocketFiles::of(&listeners);
     let mut accepting = Vec::new();
     for bound in listeners {
@@ -151,17 +147,7 @@ pub async fn serve_stream<S: Stream>(
         return;
     };
     let (_stop_tx, stop) = watch::channel(false);
-    let ctx = AcceptContext {
-        shared,
-        builder: http1_builder(connections),
-        limit,
-        eviction_batch: 1,
-        registry: Arc::new(Registry::default()),
-        timeouts: connections.timeouts,
-        allow_bare_lf: connections.allow_bare_lf,
-        max_head: connections.max_head,
-        stop,
-    };
+    let ctx = AcceptContext::new(shared, connections, limit, 1, stop);
     let _ = accept::spawn_connection(stream, peer, &ctx, permit).await;
 }
 

@@ -202,6 +202,34 @@ impl Dispatch {
         }
     }
 
+    /// A thread starts taking jobs again (a new one, or one back from a
+    /// request the pool had stopped counting on): it is awake.
+    pub fn join(&self) {
+        self.lock().awake += 1;
+    }
+
+    /// An awake thread stops taking jobs (stuck in the app, or gone). If
+    /// it was the last one awake while jobs wait, a sleeping thread takes
+    /// over at once rather than after the watchdog's delay.
+    pub fn leave(&self) {
+        let mut state = self.lock();
+        state.awake = state.awake.saturating_sub(1);
+        let wake = if state.awake == 0 && !state.jobs.is_empty() {
+            pop_idle(&mut state)
+        } else {
+            None
+        };
+        drop(state);
+        if let Some(parker) = wake {
+            parker.notify();
+        }
+    }
+
+    /// Whether the pool has shut down.
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
     /// Requests waiting for a thread.
     pub fn queued(&self) -> usize {
         self.lock().calls
@@ -339,6 +367,7 @@ mod tests {
             head: false,
             uri: http::Uri::default(),
             queued_at: std::time::Instant::now(),
+            deadline: None,
         })
     }
 

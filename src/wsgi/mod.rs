@@ -38,6 +38,10 @@ pub struct Call {
     pub uri: http::Uri,
     /// When the call was handed to the pool (for the queue-wait metric).
     pub queued_at: std::time::Instant,
+    /// When the client stops waiting (`request_timeout` after `queued_at`):
+    /// a thread still running the call then counts as stuck, and the pool
+    /// starts another in its place (see `wsgi::pool`).
+    pub deadline: Option<std::time::Instant>,
 }
 
 /// A request body, fully received before the app is called, so a slow

@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 
+use crate::budget::{self, Held};
 use bytes::{Bytes, BytesMut};
 
 /// Largest frame built by joining queued chunks; bigger chunks pass as they
@@ -62,6 +63,8 @@ struct State {
     /// All pending bytes, memory and spool (what the high-water mark counts).
     queued: usize,
     in_memory: usize,
+    /// `in_memory`, counted against the memory budget.
+    held: Held,
     spool: Option<Spool>,
     spool_failed: bool,
     end: End,
@@ -136,6 +139,7 @@ impl Outbuf {
                 queue: VecDeque::new(),
                 queued: 0,
                 in_memory: 0,
+                held: Held::default(),
                 spool: None,
                 spool_failed: false,
                 end: End::Open,
@@ -152,7 +156,9 @@ impl Outbuf {
     /// caller then releases the GIL around the push).
     pub fn would_spool(&self, len: usize) -> bool {
         let st = self.lock();
-        matches!(st.queue.back(), Some(Piece::Spooled(_))) || st.in_memory + len > self.overflow
+        matches!(st.queue.back(), Some(Piece::Spooled(_)))
+            || st.in_memory + len > self.overflow
+            || budget::BODIES.exhausted()
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -172,12 +178,20 @@ impl Outbuf {
             }
             st.queued += chunk.len();
             let spooling = matches!(st.queue.back(), Some(Piece::Spooled(_)));
-            if (spooling || st.in_memory + chunk.len() > self.overflow) && spool(&mut st, &chunk) {
+            let to_spool = spooling
+                || st.in_memory + chunk.len() > self.overflow
+                || !st.held.try_grow(chunk.len() as u64);
+            if to_spool && spool(&mut st, &chunk) {
                 match st.queue.back_mut() {
                     Some(Piece::Spooled(run)) => *run += chunk.len() as u64,
                     _ => st.queue.push_back(Piece::Spooled(chunk.len() as u64)),
                 }
             } else {
+                if st.held.bytes() < (st.in_memory + chunk.len()) as u64 {
+                    // The spool failed: memory it is, budget or not.
+                    let short = (st.in_memory + chunk.len()) as u64 - st.held.bytes();
+                    st.held.grow(short);
+                }
                 st.in_memory += chunk.len();
                 st.queue.push_back(Piece::Memory(chunk));
             }
@@ -237,6 +251,7 @@ impl Outbuf {
         st.queue.clear();
         st.queued = 0;
         st.in_memory = 0;
+        st.held.clear();
         st.spool = None;
         drop(st);
         self.room.notify_all();
@@ -295,6 +310,7 @@ fn coalesce(st: &mut State, first: Bytes) -> Bytes {
         joined.freeze()
     };
     st.in_memory -= frame.len();
+    st.held.shrink(frame.len() as u64);
     frame
 }
 

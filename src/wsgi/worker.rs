@@ -5,11 +5,13 @@
 //! holding the entries every request shares (copied per request, which is
 //! one C-level dict copy), and the thread's `wsgi.errors` stream.
 
+use std::cell::Cell;
 use std::fs::File;
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::Sender;
 
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
@@ -17,7 +19,7 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 use super::dispatch::{Dispatch, Parker};
 use super::environ::{Entry, Var};
 use super::outbuf::Stop;
-use super::pool::{DeferredClose, Job, ThreadPlan};
+use super::pool::{Crew, DeferredClose, Job, Slot, ThreadPlan};
 use super::start_response::{
     ClientDisconnected, Responders, StartResponse, chunk_bytes, wait_for_room,
 };
@@ -53,46 +55,31 @@ fn presized_dict(py: Python<'_>, room: isize) -> PyResult<Bound<'_, PyDict>> {
 
 const GENERIC_500: &str = "The server encountered an unexpected internal server error";
 
-pub(super) struct ThreadContext {
-    pub app: Py<PyAny>,
-    pub config: Arc<ThreadPlan>,
-    pub dispatch: Arc<Dispatch>,
-    pub ready: std::sync::mpsc::Sender<Result<(), String>>,
-    /// Running threads (this one counts itself while in its loop).
-    pub alive: Arc<AtomicUsize>,
-    /// Threads running a request.
-    pub busy: Arc<AtomicUsize>,
-}
-
-/// Counts a thread as alive for as long as it is in its loop, however it
-/// leaves it; the last to leave closes the queue.
-struct AliveGuard(Arc<AtomicUsize>, Arc<Dispatch>);
-
-impl Drop for AliveGuard {
-    fn drop(&mut self) {
-        if self.0.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.1.close();
-        }
-    }
-}
-
-pub(super) fn thread_main(ctx: ThreadContext) {
+pub(super) fn thread_main(crew: Arc<Crew>, ready: Option<Sender<Result<(), String>>>) {
     Python::attach(|py| {
-        let mut worker = match Worker::new(py, &ctx) {
+        let mut worker = match Worker::new(py, &crew) {
             Ok(w) => w,
             Err(e) => {
-                let _ = ctx.ready.send(Err(format!(
+                let why = format!(
                     "cannot set up a Python thread:\n{}",
                     format_exception(py, &e)
-                )));
+                );
+                crew.not_started(&why);
+                match ready {
+                    Some(ready) => {
+                        let _ = ready.send(Err(why));
+                    }
+                    None => tracing::error!("{why}"),
+                }
                 return;
             }
         };
-        ctx.alive.fetch_add(1, Ordering::AcqRel);
-        let _alive = AliveGuard(Arc::clone(&ctx.alive), Arc::clone(&ctx.dispatch));
-        let _ = ctx.ready.send(Ok(()));
+        let mut member = crew.enlist(Arc::clone(&worker.deadline.slot));
+        if let Some(ready) = ready {
+            let _ = ready.send(Ok(()));
+        }
         let me = Parker::current();
-        while let Some(job) = ctx.dispatch.take(py, &me) {
+        while let Some(job) = crew.dispatch.take(py, &me) {
             // Python objects released off the GIL (large response bodies
             // shared with the I/O thread) wait in pyo3's pending-decref
             // pool, which is emptied whenever a thread attaches. A busy
@@ -110,15 +97,39 @@ pub(super) fn thread_main(ctx: ThreadContext) {
                     if call.reply.is_closed() {
                         continue;
                     }
+                    // With a deadline, the watcher can see when this thread
+                    // is still in the app past it (see `pool`).
+                    let watched = call.deadline.map(|at| {
+                        worker.deadline.arm(crew.deadline(at));
+                        crew.watch();
+                        (call.queued_at, call.uri.clone())
+                    });
                     // A bug in maitred must cost one request, not a thread:
                     // the reply channel drops and the client gets a 500.
-                    ctx.busy.fetch_add(1, Ordering::AcqRel);
+                    crew.busy.fetch_add(1, Ordering::AcqRel);
                     let ran = std::panic::catch_unwind(AssertUnwindSafe(|| worker.run(py, call)));
-                    ctx.busy.fetch_sub(1, Ordering::AcqRel);
+                    crew.busy.fetch_sub(1, Ordering::AcqRel);
                     if ran.is_err() {
                         tracing::error!(
                             "internal error while running a request; see the panic message above"
                         );
+                    }
+                    if let Some((queued_at, uri)) = watched
+                        && worker.deadline.was_stuck()
+                    {
+                        let leave = member.returned();
+                        tracing::warn!(
+                            "the Python thread stuck in {uri} got out of the app after {:.1}s; {}",
+                            queued_at.elapsed().as_secs_f64(),
+                            if leave {
+                                "the pool has its threads without it: it exits"
+                            } else {
+                                "it rejoins the pool"
+                            }
+                        );
+                        if leave {
+                            break;
+                        }
                     }
                 }
                 Job::Close(iterable, _) => {
@@ -133,6 +144,7 @@ pub(super) fn thread_main(ctx: ThreadContext) {
                 }
             }
         }
+        drop(member);
     });
 }
 
@@ -201,6 +213,38 @@ fn collect_chunks<'py>(
     Ok(chunks)
 }
 
+/// The deadline of the request in hand, where the pool's watcher sees it.
+/// It applies until the response starts, as `request_timeout` does: a
+/// response that has started may stream for as long as it needs.
+struct Deadline {
+    slot: Arc<Slot>,
+    armed: Cell<bool>,
+    /// The watcher counted the thread as stuck before the deadline was
+    /// lifted.
+    stuck: Cell<bool>,
+}
+
+impl Deadline {
+    fn arm(&self, at: u64) {
+        self.slot.arm(at);
+        self.armed.set(true);
+    }
+
+    /// The response has started, or the request is over.
+    fn lift(&self) {
+        if self.armed.replace(false) && self.slot.disarm() {
+            self.stuck.set(true);
+        }
+    }
+
+    /// Lifts the deadline at the end of a request: whether the thread was
+    /// counted as stuck meanwhile.
+    fn was_stuck(&self) -> bool {
+        self.lift();
+        self.stuck.replace(false)
+    }
+}
+
 /// How a response left the app's thread.
 enum Delivery {
     Sent,
@@ -226,11 +270,12 @@ struct Worker {
     bytes_io: Py<PyAny>,
     io_open: Py<PyAny>,
     responders: Responders,
+    deadline: Deadline,
 }
 
 impl Worker {
-    fn new(py: Python<'_>, ctx: &ThreadContext) -> PyResult<Self> {
-        let config = &ctx.config;
+    fn new(py: Python<'_>, crew: &Crew) -> PyResult<Self> {
+        let config = &crew.config;
         let template = presized_dict(py, ENVIRON_ROOM)?;
         template.set_item("wsgi.version", PyTuple::new(py, [1, 0])?)?;
         template.set_item("wsgi.url_scheme", config.environ.scheme.as_str())?;
@@ -249,9 +294,9 @@ impl Worker {
             .collect();
         let io = py.import("io")?;
         Ok(Worker {
-            app: ctx.app.clone_ref(py),
+            app: crew.app.clone_ref(py),
             config: Arc::clone(config),
-            dispatch: Arc::clone(&ctx.dispatch),
+            dispatch: Arc::clone(&crew.dispatch),
             template: template.unbind(),
             keys,
             header_keys: fnv::FnvHashMap::default(),
@@ -259,6 +304,11 @@ impl Worker {
             bytes_io: io.getattr("BytesIO")?.unbind(),
             io_open: io.getattr("open")?.unbind(),
             responders: Responders::default(),
+            deadline: Deadline {
+                slot: Arc::new(Slot::default()),
+                armed: Cell::new(false),
+                stuck: Cell::new(false),
+            },
         })
     }
 
@@ -270,6 +320,7 @@ impl Worker {
             head,
             uri,
             queued_at: _,
+            deadline: _,
         } = call;
         let fresh = StartResponse::new(reply, self.config.output, uri.clone());
         let responder = match self.responders.take(py, fresh) {
@@ -305,11 +356,15 @@ impl Worker {
         match result {
             Err(e) => self.failed(py, responder, &e, uri),
             Ok(iterable) => {
-                let deferred = match self.send_body(py, responder, &iterable) {
+                let sent = self.send_body(py, responder, &iterable);
+                self.deadline.lift();
+                let deferred = match sent {
                     Ok(Delivery::Deferred) => true,
                     Ok(Delivery::Sent) => false,
                     Ok(Delivery::Disconnected) => {
-                        if !head {
+                        // A stuck request's client had its 504 long ago;
+                        // its thread's return is logged on its own.
+                        if !head && !self.deadline.stuck.get() {
                             tracing::info!("Client disconnected while serving {uri}");
                         }
                         false
@@ -460,6 +515,8 @@ impl Worker {
                 continue;
             }
             let emitted = responder.borrow_mut().emit(py, chunk)?;
+            // The head went out with the first chunk.
+            self.deadline.lift();
             // A complete body ends the iteration early without it being a
             // disconnect: the declared length has gone out.
             if let Err(why) = emitted.and_then(|full| wait_for_room(py, full)) {

@@ -680,3 +680,17 @@ impl Conn {
         is_closed(self.reader.get_mut(), Duration::from_secs(5))
     }
 }
+
+/// Polls `check` every 20 ms until it holds or `within` passes.
+pub fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
