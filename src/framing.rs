@@ -312,7 +312,8 @@ enum LineEnd {
     At(usize, usize),
     /// Not in this buffer (a CR at the very end waits for its LF).
     NotYet,
-    Bare,
+    /// A bare CR or LF; the line's bytes in this buffer end before `.0`.
+    Bare(usize),
 }
 
 impl Scanner {
@@ -501,12 +502,10 @@ impl Scanner {
             *head_start = *at;
         }
         let keep = if in_head { *head_start } else { *at };
+        // A request line refused by `line` has already set what the answer
+        // needs from it (its version, whether it is a HEAD).
         let fail = |scanner: &mut Scanner, violation| {
             Some(if in_head {
-                if scanner.state == State::Start {
-                    // The request line itself: what it says is not known.
-                    scanner.head.reset_refused(&rest[..rest.len().min(16)]);
-                }
                 Verdict::Refuse {
                     keep,
                     head: scanner.head.refused(violation),
@@ -517,7 +516,20 @@ impl Scanner {
         };
         let (end, next) = match self.line_end(rest) {
             LineEnd::At(end, next) => (end, next),
-            LineEnd::Bare => return fail(self, Violation::BareLineEnding),
+            LineEnd::Bare(end) => {
+                if self.state == State::Start {
+                    // The request line itself, up to its bare line end,
+                    // with what earlier reads carried of it: the answer
+                    // is the same however the reads fell.
+                    let mut line = self.carry.clone();
+                    if line.last() == Some(&b'\r') {
+                        line.pop();
+                    }
+                    line.extend_from_slice(&rest[..end]);
+                    self.head.reset_refused(&line);
+                }
+                return fail(self, Violation::BareLineEnding);
+            }
             LineEnd::NotYet => {
                 if self.carry.len() + rest.len() > self.max_line {
                     self.state = State::Opaque;
@@ -563,7 +575,7 @@ impl Scanner {
         if self.carry.last() == Some(&b'\r') {
             return match rest[0] {
                 b'\n' => LineEnd::At(0, 1),
-                _ => LineEnd::Bare,
+                _ => LineEnd::Bare(0),
             };
         }
         match rest.iter().position(|&b| b == b'\r' || b == b'\n') {
@@ -572,14 +584,14 @@ impl Scanner {
                 if self.allow_bare_lf {
                     LineEnd::At(i, i + 1)
                 } else {
-                    LineEnd::Bare
+                    LineEnd::Bare(i)
                 }
             }
             Some(i) => match rest.get(i + 1) {
                 Some(b'\n') => LineEnd::At(i, i + 2),
                 None => LineEnd::NotYet,
                 // hyper refuses a bare CR too; refuse it the same way.
-                Some(_) => LineEnd::Bare,
+                Some(_) => LineEnd::Bare(i),
             },
         }
     }
@@ -1479,6 +1491,40 @@ mod tests {
         match strict().scan_alone(b"GET / HTTP/1.0\r\nHost: a b\r\n\r\n") {
             Verdict::Refuse { head, .. } => assert!(head.http10),
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_refused_request_line_is_answered_alike_however_the_reads_fall() {
+        // Found by fuzzing: a refused request line that spanned reads was
+        // answered as HTTP/1.1 and not HEAD, only its last read's bytes
+        // looked at (a 400 with a body to a HEAD request).
+        for (request, http10, head_request) in [
+            (&b"HEAD /# HTTP/1.1\r\nHost: a\r\n\r\n"[..], false, true),
+            (b"GET /# HTTP/1.0\r\n\r\n", true, false),
+            (b"HEAD / HTTP/1.1\nHost: a\r\n\r\n", false, true),
+            (b"GET /abcdefgh HTTP/1.0\n\n", true, false),
+            (b"HEAD / HTTP/1.0\rX\r\n\r\n", true, true),
+        ] {
+            let shown = String::from_utf8_lossy(request);
+            let whole = strict().scan_alone(request);
+            let mut s = strict();
+            let trickled = request
+                .iter()
+                .map(|b| s.scan_alone(std::slice::from_ref(b)))
+                .find(|v| *v != Verdict::Pass);
+            for verdict in [Some(whole), trickled] {
+                match verdict {
+                    Some(Verdict::Refuse { head, .. }) => {
+                        assert_eq!(
+                            (head.http10, head.head_request),
+                            (http10, head_request),
+                            "{shown:?}"
+                        );
+                    }
+                    other => panic!("{shown:?}: {other:?}"),
+                }
+            }
         }
     }
 
