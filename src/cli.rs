@@ -123,9 +123,10 @@ pub struct UsageError(pub String);
 
 const NO_PREFIX: &str = "no:";
 
-fn command() -> Command {
+/// The command line; `version` is what `--version` prints after the name.
+fn command(version: String) -> Command {
     let mut cmd = Command::new("maitred")
-        .version(env!("CARGO_PKG_VERSION"))
+        .version(version)
         .about("A production WSGI server: hyper and tokio in front, embedded CPython behind.")
         .long_about(
             "A production WSGI server: hyper and tokio in front, embedded CPython behind.\n\n\
@@ -243,12 +244,12 @@ fn given(m: &ArgMatches, id: &str) -> bool {
 /// Parses `args` (including the program name). Usage errors, `--help` and
 /// `--version` are handled by clap, which prints and exits (code 2 for
 /// errors, as for every other configuration error).
-pub fn parse<I, T>(args: I) -> Result<Invocation, UsageError>
+pub fn parse<I, T>(args: I, version: String) -> Result<Invocation, UsageError>
 where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    let matches = command().get_matches_from(args);
+    let matches = command(version).get_matches_from(args);
     from_matches(&matches)
 }
 
@@ -398,13 +399,17 @@ mod tests {
 
     fn parse_ok(args: &[&str]) -> Invocation {
         let argv = std::iter::once("maitred").chain(args.iter().copied());
-        from_matches(&command().try_get_matches_from(argv).expect("clap accepts"))
-            .expect("valid combination")
+        from_matches(
+            &command(String::new())
+                .try_get_matches_from(argv)
+                .expect("clap accepts"),
+        )
+        .expect("valid combination")
     }
 
     fn parse_err(args: &[&str]) -> String {
         let argv = std::iter::once("maitred").chain(args.iter().copied());
-        match command().try_get_matches_from(argv) {
+        match command(String::new()).try_get_matches_from(argv) {
             Err(e) => e.to_string(),
             Ok(m) => from_matches(&m).expect_err("invalid combination").0,
         }
@@ -421,7 +426,7 @@ mod tests {
 
     #[test]
     fn clap_definition_is_consistent() {
-        command().debug_assert();
+        command(String::new()).debug_assert();
     }
 
     #[test]

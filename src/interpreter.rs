@@ -1,6 +1,7 @@
-//! The embedded CPython: starting it the way `python` itself would start
-//! (virtualenv included), finding the application, and reporting which
-//! Python is running.
+//! The app's CPython: starting it the way `python` itself would start
+//! (virtualenv included) when maitred embeds it, joining it when maitred
+//! runs inside it as an extension module ([`Startup`]), finding the
+//! application, and reporting which Python is running.
 //!
 //! The interpreter is configured through `PyConfig` rather than pyo3's
 //! default initialisation for three reasons: `executable` must point at the
@@ -31,6 +32,27 @@ pub struct PythonInfo {
     /// The `libpython` the dynamic loader actually mapped.
     pub library: Option<PathBuf>,
     pub virtualenv: Option<PathBuf>,
+    /// Started by maitred (the binary), not joined (the extension module).
+    pub embedded: bool,
+}
+
+/// Who starts Python (see [`crate::host`]).
+#[derive(Debug, Clone)]
+pub enum Startup {
+    /// maitred starts the linked-in CPython, with this `sys.argv`.
+    Embedded { argv: Vec<std::ffi::OsString> },
+    /// Python is running already, and maitred was called from it with the
+    /// GIL released: its virtualenv and `sys.argv` are what they are.
+    Running,
+}
+
+impl Startup {
+    /// Embedded, with this process's own command line as `sys.argv`.
+    pub fn embedded() -> Startup {
+        Startup::Embedded {
+            argv: std::env::args_os().collect(),
+        }
+    }
 }
 
 /// Why the server cannot start Python or load the app. The variants map to
@@ -50,6 +72,11 @@ pub enum StartError {
 const BUILD_LIBDIR: &str = env!("BUILD_PYTHON_LIBDIR");
 const BUILD_EXECUTABLE: &str = env!("BUILD_PYTHON_EXECUTABLE");
 const BUILD_VERSION: &str = env!("BUILD_PYTHON_VERSION");
+
+/// `major.minor` of the CPython the binary was built against.
+pub fn build_python_version() -> &'static str {
+    BUILD_VERSION
+}
 
 /// Which virtualenv to use: the setting, else `$VIRTUAL_ENV`.
 fn virtualenv(app: &AppPlan) -> Result<Option<PathBuf>, StartError> {
@@ -132,10 +159,70 @@ fn c_string(what: &str, text: &str) -> Result<CString, StartError> {
         .map_err(|_| StartError::BadSetting(format!("{what} contains a NUL byte: {text:?}")))
 }
 
-/// Initialises CPython for the process and releases the GIL, so the worker
-/// threads can take it. Must be called before any other Python use; a
-/// second call is refused.
-pub fn initialize(app: &AppPlan) -> Result<PythonInfo, StartError> {
+/// Starts CPython for the process (or joins the running one) and leaves
+/// the GIL released, so the worker threads can take it. Must be called
+/// before any other Python use; a second embedded start is refused.
+pub fn initialize(app: &AppPlan, startup: &Startup) -> Result<PythonInfo, StartError> {
+    let (venv, embedded) = match startup {
+        Startup::Embedded { argv } => (start_embedded(app, argv)?, true),
+        Startup::Running => (running_virtualenv(app)?, false),
+    };
+    Python::attach(|py| {
+        let sys = py.import("sys")?;
+        let info = PythonInfo {
+            version: sys
+                .getattr("version")?
+                .extract::<String>()?
+                .replace('\n', " "),
+            prefix: sys.getattr("prefix")?.extract()?,
+            base_prefix: sys.getattr("base_prefix")?.extract()?,
+            executable: sys.getattr("executable")?.extract()?,
+            library: loaded_libpython(),
+            virtualenv: venv.clone(),
+            embedded,
+        };
+        setup_sys_path(py, &app.app_dirs)?;
+        watch_gc(py)?;
+        Ok::<_, PyErr>(info)
+    })
+    .map_err(|e| StartError::Python(format!("cannot set up Python: {e}")))
+}
+
+/// Inside a running Python the virtualenv is the one that Python runs in:
+/// it cannot be changed any more, so a `virtualenv` setting naming another
+/// one is an error rather than something silently ignored. `VIRTUAL_ENV`
+/// is not consulted (an activated venv may not be the one whose `maitred`
+/// was run, and the one that runs is the one that counts).
+fn running_virtualenv(app: &AppPlan) -> Result<Option<PathBuf>, StartError> {
+    let (prefix, base) = Python::attach(|py| {
+        let sys = py.import("sys")?;
+        Ok::<_, PyErr>((
+            sys.getattr("prefix")?.extract::<PathBuf>()?,
+            sys.getattr("base_prefix")?.extract::<PathBuf>()?,
+        ))
+    })
+    .map_err(|e| StartError::Python(format!("cannot read sys.prefix: {e}")))?;
+    if let Some(wanted) = &app.virtualenv {
+        let same = std::fs::canonicalize(wanted).ok() == std::fs::canonicalize(&prefix).ok();
+        if !same {
+            return Err(StartError::BadSetting(format!(
+                "virtualenv: {} is not the environment this maitred runs in ({}); \
+                 run {}/bin/maitred (pip install maitred there), or leave virtualenv unset",
+                wanted.display(),
+                prefix.display(),
+                wanted.display()
+            )));
+        }
+    }
+    Ok((prefix != base).then_some(prefix))
+}
+
+/// Starts the linked-in CPython, as the venv's `python` would start;
+/// returns the virtualenv used.
+fn start_embedded(
+    app: &AppPlan,
+    args: &[std::ffi::OsString],
+) -> Result<Option<PathBuf>, StartError> {
     // SAFETY: Py_IsInitialized may be called at any time, before or after
     // initialisation, without the GIL.
     if unsafe { ffi::Py_IsInitialized() } != 0 {
@@ -159,7 +246,8 @@ pub fn initialize(app: &AppPlan) -> Result<PythonInfo, StartError> {
         .transpose()?;
     // Bytes, not str: arguments need not be UTF-8 (PyConfig decodes them
     // with the locale, as `python` does).
-    let argv: Vec<CString> = std::env::args_os()
+    let argv: Vec<CString> = args
+        .iter()
         .map(|a| {
             CString::new(std::os::unix::ffi::OsStrExt::as_bytes(a.as_os_str()))
                 .map_err(|_| StartError::BadSetting("an argument contains a NUL byte".into()))
@@ -214,25 +302,7 @@ pub fn initialize(app: &AppPlan) -> Result<PythonInfo, StartError> {
         }
         ffi::PyEval_SaveThread();
     }
-
-    Python::attach(|py| {
-        let sys = py.import("sys")?;
-        let info = PythonInfo {
-            version: sys
-                .getattr("version")?
-                .extract::<String>()?
-                .replace('\n', " "),
-            prefix: sys.getattr("prefix")?.extract()?,
-            base_prefix: sys.getattr("base_prefix")?.extract()?,
-            executable: sys.getattr("executable")?.extract()?,
-            library: loaded_libpython(),
-            virtualenv: venv.clone(),
-        };
-        setup_sys_path(py, &app.app_dirs)?;
-        watch_gc(py)?;
-        Ok::<_, PyErr>(info)
-    })
-    .map_err(|e| StartError::Python(format!("cannot set up Python: {e}")))
+    Ok(venv)
 }
 
 /// Feeds `cpython_gc_*` from `gc.callbacks`, installed before the app is
@@ -301,6 +371,11 @@ impl PythonInfo {
     /// `LD_LIBRARY_PATH` points elsewhere): worth a loud warning, since a
     /// different patch release may not match the standard library.
     pub fn library_mismatch(&self) -> Option<String> {
+        // Inside a running Python its library is the right one by
+        // definition; the build's only matters for the binary.
+        if !self.embedded {
+            return None;
+        }
         let lib = self.library.as_ref()?;
         let dir = lib.parent()?;
         if BUILD_LIBDIR.is_empty() {

@@ -2,8 +2,11 @@
 //! HTTP; a pool of OS threads runs the Python application in an embedded
 //! CPython.
 //!
-//! The binary (`src/main.rs`) parses the command line, loads the settings
-//! into a [`config::Plan`], sets up logging and calls [`process::run`].
+//! [`host::main`] parses the command line, loads the settings into a
+//! [`config::Plan`], sets up logging and calls [`process::run`]; the binary
+//! (`src/main.rs`) and the Python extension module (`python/`, what `pip
+//! install maitred` gives) both call it, and [`host`] holds what differs
+//! between them.
 //! `docs/architecture.md` maps the modules and the direction of every
 //! dependency between them; in short, from the bottom up:
 //!
@@ -14,7 +17,8 @@
 //! - [`config`] and [`cli`]: settings, layered and turned into the plan;
 //! - [`connection`], [`interpreter`], [`wsgi`], [`gateway`], [`server`],
 //!   [`admin`], [`workers`]: the parts that act on the plan;
-//! - [`process`]: the one place that hands the plan's parts out.
+//! - [`process`]: the one place that hands the plan's parts out;
+//! - [`host`]: the binary or the extension module, calling the rest.
 
 pub mod access;
 pub mod admin;
@@ -24,6 +28,7 @@ pub mod config;
 pub mod connection;
 pub mod framing;
 pub mod gateway;
+pub mod host;
 pub mod interpreter;
 pub mod listen;
 pub mod logging;

@@ -19,12 +19,13 @@ use crate::config::{Loaded, Plan};
 use crate::connection::ConnectionTimeout;
 use crate::gateway::policy::GatewayReason;
 use crate::gateway::service::{Health, Shared};
-use crate::interpreter::{self, StartError};
+use crate::interpreter::{self, StartError, Startup};
 use crate::listen::{self, Bound};
 use crate::metrics::{self, Metrics};
 use crate::proxy::{Disbelief, Header};
 use crate::server::{self, RejectedConnection};
 use crate::signals::StopRequests;
+use crate::workers::Relaunch;
 use crate::{admin, workers, wsgi};
 
 /// Exit status when Python, the app or a socket cannot be set up.
@@ -98,8 +99,16 @@ pub fn report_start(notices: &[String], loaded: &Loaded) {
     }
 }
 
+/// What [`crate::host`] decided about this process: how Python starts, and
+/// how a supervisor starts its workers (an error only matters if there are
+/// workers to start).
+pub struct Origin {
+    pub startup: Startup,
+    pub relaunch: Result<Relaunch, String>,
+}
+
 /// Runs the process to the end; returns its exit code.
-pub fn run(plan: &Plan, handover: Handover) -> Result<u8, Failure> {
+pub fn run(plan: &Plan, handover: Handover, origin: &Origin) -> Result<u8, Failure> {
     raise_fd_limit(plan.connections.limit);
     seed(metrics::get());
     budget::BODIES.set_limit(plan.connections.buffer_memory);
@@ -108,10 +117,11 @@ pub fn run(plan: &Plan, handover: Handover) -> Result<u8, Failure> {
         inherited,
     } = handover;
     if inherited.is_none() && plan.workers > 1 {
-        return workers::supervise(&plan.listen, plan.workers, &plan.drain, activated)
+        let relaunch = origin.relaunch.clone().map_err(Failure::Workers)?;
+        return workers::supervise(&plan.listen, plan.workers, &plan.drain, activated, relaunch)
             .map_err(Failure::Workers);
     }
-    let app = start_python(plan)?;
+    let app = start_python(plan, &origin.startup)?;
     let shared = Arc::new(shared(plan, app)?);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -140,8 +150,8 @@ pub fn seed(m: &Metrics) {
 }
 
 /// Starts Python and imports the app (or the demo). Once per process.
-pub fn start_python(plan: &Plan) -> Result<Py<PyAny>, Failure> {
-    let python = interpreter::initialize(&plan.app)?;
+pub fn start_python(plan: &Plan, startup: &Startup) -> Result<Py<PyAny>, Failure> {
+    let python = interpreter::initialize(&plan.app, startup)?;
     tracing::info!(
         "maitred {} running Python {} (sys.prefix {}, executable {})",
         env!("CARGO_PKG_VERSION"),
@@ -149,9 +159,12 @@ pub fn start_python(plan: &Plan) -> Result<Py<PyAny>, Failure> {
         python.prefix,
         python.executable,
     );
-    match &python.library {
-        Some(lib) => tracing::info!("Python library: {}", lib.display()),
-        None => tracing::warn!("could not tell which libpython is loaded"),
+    match (&python.library, python.embedded) {
+        (Some(lib), _) => tracing::info!("Python library: {}", lib.display()),
+        (None, true) => tracing::warn!("could not tell which libpython is loaded"),
+        // A Python built without a shared library: its interpreter is in
+        // its executable, which is what runs maitred's extension module.
+        (None, false) => tracing::info!("Python library: linked into {}", python.executable),
     }
     if let Some(warning) = python.library_mismatch() {
         tracing::warn!("{warning}");

@@ -63,7 +63,7 @@ fn check_py(args: &[&str]) -> Value {
 /// maitred with exactly the given environment's MAITRED_* variables (the
 /// test's own are removed, as is VIRTUAL_ENV).
 fn maitred(args: &[&str], env: &[(String, String)]) -> Output {
-    let mut cmd = Command::new(BIN);
+    let mut cmd = common::maitred_command();
     cmd.args(args).current_dir(project_dir());
     for k in std::env::vars_os().filter_map(|(k, _)| k.into_string().ok()) {
         if k.starts_with("MAITRED_") || k == "VIRTUAL_ENV" || k == "RUST_LOG" {

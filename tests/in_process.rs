@@ -33,7 +33,10 @@ fn plan(adjust: impl FnOnce(&mut Settings)) -> Plan {
 /// What a server needs, over the one interpreter a process can have.
 fn shared(plan: &Plan) -> Arc<Shared> {
     static APP: OnceLock<Py<PyAny>> = OnceLock::new();
-    let app = APP.get_or_init(|| process::start_python(plan).expect("Python and the demo app"));
+    let app = APP.get_or_init(|| {
+        process::start_python(plan, &maitred::interpreter::Startup::embedded())
+            .expect("Python and the demo app")
+    });
     let app = Python::attach(|py| app.clone_ref(py));
     Arc::new(process::shared(plan, app).expect("the Python threads"))
 }

@@ -37,27 +37,11 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{Server, ServerBuilder, eventually, read_response, server};
+use common::{Server, eventually, read_response, server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
 // ------------------------------------------------------------- harness
-
-/// `server()` for the binary under test: `MAITRED_TEST_BIN`, when set,
-/// names a maitred build run in place of this crate's (through `sh`'s
-/// `exec`, so the pid is maitred's; the variable is removed first, since
-/// maitred reads every `MAITRED_*` variable as a setting).
-fn maitred() -> ServerBuilder {
-    match std::env::var("MAITRED_TEST_BIN") {
-        Ok(bin) if !bin.is_empty() => server().launched_by([
-            "sh",
-            "-c",
-            r#"unset MAITRED_TEST_BIN; shift; exec "$0" "$@""#,
-            bin.as_str(),
-        ]),
-        _ => server(),
-    }
-}
 
 /// A lock over this file's tests, across nextest's processes. A flood
 /// test takes it alone: it measures latency, and two floods (or a flood
@@ -486,7 +470,7 @@ fn shown(d: Duration) -> String {
 fn flood(kind: Kind) {
     let _alone = serial(true);
     raise_open_file_limit(2 * FLOOD as u64 + 512);
-    let s = maitred().arg("behaviours:app").start();
+    let s = server().arg("behaviours:app").start();
     let to: SocketAddr = s.addr().parse().expect("an address");
     let rss_before = rss_kib(s.pid()).unwrap_or(0);
     let rss = RssPeak::start(s.pid());
@@ -769,7 +753,7 @@ fn drain_under_load(workers: Option<&str>) {
     ];
     args.extend(workers.map(|w| format!("--workers={w}")));
     args.push("behaviours:app".into());
-    let mut s = maitred().args(args).start();
+    let mut s = server().args(args).start();
     let to: SocketAddr = s.addr().parse().expect("an address");
     assert_eq!(s.admin_get("/readyz").0, 200, "{}", s.log());
 
@@ -995,7 +979,7 @@ impl PidLoad {
 fn a_worker_killed_under_load_is_replaced_and_only_its_requests_fail() {
     let _shared = serial(false);
     const CLIENTS: usize = 16;
-    let s = maitred()
+    let s = server()
         .args(["--workers=2", "--threads=2", "behaviours:app"])
         .start();
     let to: SocketAddr = s.addr().parse().expect("an address");

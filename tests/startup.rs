@@ -18,7 +18,8 @@ fn without_an_app_the_demo_page_is_served() {
         page.contains(&format!("maitred {}", env!("CARGO_PKG_VERSION"))),
         "{page}"
     );
-    assert!(page.contains("Python 3.11"), "{page}");
+    let python = format!("Python {}", common::python_version());
+    assert!(page.contains(&python), "{page}");
     assert!(
         page.contains("PATH_INFO") && page.contains("/some/path"),
         "environ shown: {page}"
@@ -30,7 +31,8 @@ fn without_an_app_the_demo_page_is_served() {
 fn startup_reports_python_and_app() {
     let s = server().arg("behaviours:app").start();
     let log = s.log();
-    assert!(log.contains("running Python 3.11"), "{log}");
+    let running = format!("running Python {}", common::python_version());
+    assert!(log.contains(&running), "{log}");
     assert!(log.contains("sys.prefix"), "{log}");
     assert!(log.contains("Python library: "), "{log}");
     assert!(
@@ -350,9 +352,19 @@ fn help_and_version() {
         assert!(out.stdout.contains(flag), "--help lists {flag}");
     }
     let out = server().no_listen().arg("--version").run();
-    assert_eq!(
-        out.stdout.trim(),
-        format!("maitred {}", env!("CARGO_PKG_VERSION"))
+    let version = out.stdout.trim();
+    let hosted = if common::installed_venv().is_some() {
+        "(extension module)"
+    } else {
+        "(embedded)"
+    };
+    assert!(
+        version.starts_with(&format!(
+            "maitred {} with Python {}",
+            env!("CARGO_PKG_VERSION"),
+            common::python_version()
+        )) && version.ends_with(hosted),
+        "{version}"
     );
 }
 

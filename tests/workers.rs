@@ -223,7 +223,7 @@ fn sigterm_drains_every_worker() {
 
 #[test]
 fn a_stop_signal_during_startup_is_not_held_until_the_workers_are_ready() {
-    let mut child = std::process::Command::new(common::BIN)
+    let mut child = common::maitred_command()
         .args([
             "--listen=127.0.0.1:0",
             "--admin-listen=127.0.0.1:0",

@@ -133,7 +133,8 @@ fn world() -> &'static World {
         std::fs::write(dir.join(format!("{STUB_MODULE}.py")), STUB_APP).expect("the stub app");
         let plans = settings(&dir.to_string_lossy())
             .map(|s| Plan::build(&s).unwrap_or_else(|e| panic!("a valid plan: {e:?}")));
-        let app = process::start_python(&plans[0]).expect("Python and the stub app");
+        let app = process::start_python(&plans[0], &maitred::interpreter::Startup::embedded())
+            .expect("Python and the stub app");
         let _ = std::fs::remove_dir_all(&dir);
         let servers = plans
             .iter()

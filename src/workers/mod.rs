@@ -22,7 +22,9 @@ pub mod control;
 pub mod merge;
 
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -162,6 +164,14 @@ struct Worker {
     last: Option<Exposition>,
 }
 
+/// How a worker is started: the supervisor's own program and arguments
+/// (see [`crate::host`]); the worker learns it is one from its environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Relaunch {
+    pub program: PathBuf,
+    pub args: Vec<OsString>,
+}
+
 /// The supervisor's state, shared with the admin listener.
 pub struct Supervisor {
     count: usize,
@@ -169,6 +179,7 @@ pub struct Supervisor {
     /// Counters and histograms of workers that have exited.
     retired: Mutex<Exposition>,
     draining: AtomicBool,
+    relaunch: Relaunch,
 }
 
 impl Supervisor {
@@ -312,6 +323,7 @@ pub fn supervise(
     count: usize,
     drain: &DrainPlan,
     activated: Vec<OwnedFd>,
+    relaunch: Relaunch,
 ) -> Result<u8, String> {
     let listeners = listen::bind(listen, activated).map_err(|e| e.to_string())?;
     let admin = listen::bind_admin(listen).map_err(|e| e.to_string())?;
@@ -323,7 +335,7 @@ pub fn supervise(
         .map_err(|e| format!("cannot start the supervisor's runtime: {e}"))?;
     runtime.block_on(async {
         let stops = StopRequests::from_signals().map_err(|e| e.to_string())?;
-        run(count, drain, listeners, admin, stops).await
+        run(count, drain, listeners, admin, stops, relaunch).await
     })
 }
 
@@ -340,16 +352,18 @@ async fn run(
     listeners: Vec<Bound>,
     admin: Vec<(std::net::TcpListener, std::net::SocketAddr)>,
     mut stops: StopRequests,
+    relaunch: Relaunch,
 ) -> Result<u8, String> {
     let sup = Arc::new(Supervisor {
         count,
         workers: Mutex::new(HashMap::new()),
         retired: Mutex::new(Exposition::default()),
         draining: AtomicBool::new(false),
+        relaunch,
     });
     let (exits_tx, mut exits) = mpsc::unbounded_channel::<Exit>();
     // Removed however `run` returns, start-up failures included.
-    let mut socket_files = SocketFiles::of(&listeners);
+    let socket_files = SocketFiles::of(&listeners);
 
     // Start-up: every worker must come up, or none stays.
     for index in 0..count {
@@ -451,22 +465,26 @@ async fn run(
         }
     };
 
-    // Drain: the workers each run the single-process drain; the
-    // supervisor keeps its copies of the sockets exactly as long as they
-    // keep theirs, so the listening sockets close when theirs do.
+    // Drain: the workers each run the single-process drain. The
+    // supervisor starts no worker from here on, so it lets go of its copies
+    // of the listening sockets at once: a socket then closes when the last
+    // worker closes its own, and never outlives them with a backlog nobody
+    // accepts (connections queued there would be reset). A Unix socket's
+    // file stays until shutdown_delay, as long as the workers accept on it.
     sup.draining.store(true, Ordering::Release);
     tracing::info!(
         "{} received: draining the workers (signal again to stop them at once)",
         first.name()
     );
     kill_all(&sup, first.signal());
+    drop(listeners);
     let give_up_after =
         drain.shutdown_delay + drain.graceful_timeout.after + Duration::from_secs(5);
     let shutdown_delay = tokio::time::sleep(drain.shutdown_delay);
     tokio::pin!(shutdown_delay);
     let give_up = tokio::time::sleep(give_up_after);
     tokio::pin!(give_up);
-    let mut listeners = Some(listeners);
+    let mut socket_files = Some(socket_files);
     let mut failed = false;
     while !sup.lock().is_empty() {
         tokio::select! {
@@ -477,9 +495,8 @@ async fn run(
                 }
                 sup.retire(exit.index);
             }
-            () = &mut shutdown_delay, if listeners.is_some() => {
-                drop(listeners.take());
-                socket_files.remove();
+            () = &mut shutdown_delay, if socket_files.is_some() => {
+                drop(socket_files.take());
             }
             () = &mut give_up => {
                 tracing::warn!(
@@ -528,10 +545,8 @@ fn spawn(
     // SAFETY: getpid takes no arguments and cannot fail.
     let supervisor = unsafe { libc::getpid() };
     let kinds: Vec<&str> = listeners.iter().map(Bound::kind).collect();
-    let exe =
-        std::env::current_exe().map_err(|e| format!("cannot find maitred's own binary: {e}"))?;
-    let mut cmd = tokio::process::Command::new(exe);
-    cmd.args(std::env::args_os().skip(1))
+    let mut cmd = tokio::process::Command::new(&sup.relaunch.program);
+    cmd.args(&sup.relaunch.args)
         .env(WORKER_ENV, index.to_string())
         .env(LISTENERS_ENV, kinds.join(","))
         .kill_on_drop(false);

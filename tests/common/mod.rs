@@ -13,7 +13,55 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// The binary this crate builds.
 pub const BIN: &str = env!("CARGO_BIN_EXE_maitred");
+
+/// Names a virtualenv with maitred installed from a wheel: the tests then
+/// run its `maitred` command (scripts/test-pythons.sh sets it, once per
+/// CPython version).
+pub const VENV_ENV: &str = "MAITRED_TEST_VENV";
+/// Names another maitred binary to test (an older build, say).
+pub const BIN_ENV: &str = "MAITRED_TEST_BIN";
+
+/// The virtualenv of [`VENV_ENV`], if set.
+pub fn installed_venv() -> Option<PathBuf> {
+    std::env::var_os(VENV_ENV)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
+/// The `maitred` under test: [`BIN_ENV`], else the installed one of
+/// [`VENV_ENV`], else this crate's binary.
+pub fn bin() -> PathBuf {
+    if let Some(other) = std::env::var_os(BIN_ENV).filter(|v| !v.is_empty()) {
+        return PathBuf::from(other);
+    }
+    match installed_venv() {
+        Some(venv) => venv.join("bin").join("maitred"),
+        None => PathBuf::from(BIN),
+    }
+}
+
+/// `major.minor` of the Python the app runs on: the installed venv's, or
+/// the one the binary embeds.
+pub fn python_version() -> String {
+    let Some(venv) = installed_venv() else {
+        return "3.11".into();
+    };
+    let out = Command::new(venv.join("bin").join("python"))
+        .args(["-c", "import sys; print('%d.%d' % sys.version_info[:2])"])
+        .output()
+        .expect("run the test venv's python");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// A command for the `maitred` under test. The harness's own variables are
+/// removed: maitred reads every `MAITRED_*` variable as a setting.
+pub fn maitred_command() -> Command {
+    let mut cmd = Command::new(bin());
+    cmd.env_remove(VENV_ENV).env_remove(BIN_ENV);
+    cmd
+}
 
 /// How long a server gets to start (Python import included).
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -121,10 +169,13 @@ impl ServerBuilder {
         let mut cmd = match self.launcher.split_first() {
             Some((program, args)) => {
                 let mut cmd = Command::new(program);
-                cmd.args(args).arg(BIN);
+                cmd.args(args)
+                    .arg(bin())
+                    .env_remove(VENV_ENV)
+                    .env_remove(BIN_ENV);
                 cmd
             }
-            None => Command::new(BIN),
+            None => maitred_command(),
         };
         if self.listen {
             cmd.arg("--listen=127.0.0.1:0");
