@@ -10,8 +10,13 @@ use common::{Conn, server};
 
 const BUILD_PYTHON: &str = env!("BUILD_PYTHON_EXECUTABLE");
 
-/// `target/test-venvs/flask`, created on first use and reused afterwards.
+/// `target/test-venvs/flask`, created on first use and reused afterwards;
+/// with an installed maitred under test, its own venv (where
+/// scripts/test-pythons.sh installs the same requirements).
 fn flask_venv() -> PathBuf {
+    if let Some(venv) = common::installed_venv() {
+        return venv;
+    }
     let root = common::project_dir();
     let venv = root.join("target/test-venvs/flask");
     let python = venv.join("bin/python");

@@ -99,6 +99,8 @@ pub struct ServerBuilder {
     /// A program that starts maitred for the test (given maitred's path
     /// and arguments after its own).
     launcher: Vec<String>,
+    /// A Python to run `-m maitred` with, in place of the `maitred` command.
+    module_of: Option<PathBuf>,
 }
 
 pub fn server() -> ServerBuilder {
@@ -114,6 +116,7 @@ pub fn server() -> ServerBuilder {
         listen: true,
         listeners: 1,
         launcher: Vec::new(),
+        module_of: None,
     }
 }
 
@@ -165,8 +168,23 @@ impl ServerBuilder {
         self
     }
 
+    /// Starts maitred as `python -m maitred` with this Python (which must
+    /// have maitred installed).
+    pub fn as_module_of(mut self, python: impl Into<PathBuf>) -> Self {
+        self.module_of = Some(python.into());
+        self
+    }
+
     fn command(&self) -> Command {
         let mut cmd = match self.launcher.split_first() {
+            _ if self.module_of.is_some() => {
+                let mut cmd =
+                    Command::new(self.module_of.as_deref().unwrap_or(Path::new("python3")));
+                cmd.args(["-m", "maitred"])
+                    .env_remove(VENV_ENV)
+                    .env_remove(BIN_ENV);
+                cmd
+            }
             Some((program, args)) => {
                 let mut cmd = Command::new(program);
                 cmd.args(args)
