@@ -19,7 +19,7 @@ fn venv() -> PathBuf {
 fn python_dash_m_maitred_serves_with_the_venvs_python() {
     let venv = venv();
     let s = server()
-        .as_module_of(venv.join("bin").join("python"))
+        .python_module_of(venv.join("bin").join("python"))
         .arg("venv_probe:app")
         .start();
     let info = s.get("/").json();

@@ -170,7 +170,7 @@ impl ServerBuilder {
 
     /// Starts maitred as `python -m maitred` with this Python (which must
     /// have maitred installed).
-    pub fn as_module_of(mut self, python: impl Into<PathBuf>) -> Self {
+    pub fn python_module_of(mut self, python: impl Into<PathBuf>) -> Self {
         self.module_of = Some(python.into());
         self
     }
