@@ -63,6 +63,15 @@ def free_port():
 def command(server, app, port, threads):
     vbin = os.path.join(VENV, "bin")
     target = f"apps:{app}"
+    if server.startswith("maitred-wheel"):
+        # maitred installed from its wheel (scripts/wheels.sh): into the
+        # bench venv itself ("maitred-wheel", the same Python 3.11 as the
+        # binary), or into target/bench-venv-3.X ("maitred-wheel-3.X").
+        version = server[len("maitred-wheel-"):]
+        venv = os.path.join(ROOT, "target", f"bench-venv-{version}") if version else VENV
+        return [os.path.join(venv, "bin", "maitred"), "--listen", f"127.0.0.1:{port}",
+                "--admin-listen", "127.0.0.1:0", "--threads", str(threads), "--workers", "1",
+                "--virtualenv", venv, target]
     if server.startswith("maitred"):
         # maitredN: N worker processes. The peers run from the bench
         # virtualenv, so maitred uses it too (the same site-packages, the

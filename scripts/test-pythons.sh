@@ -39,7 +39,8 @@ run_on() { # python, label
     rm -rf "$venv"
     "$python" -m venv "$venv"
     "$venv/bin/pip" install --quiet --disable-pip-version-check "$wheel" -r tests/requirements-flask.txt
-    "$venv/bin/maitred" --version
+    # The same check deploy/Dockerfile makes at build time.
+    sh deploy/check-install.sh "$venv" "$v"
     MAITRED_TEST_VENV=$PWD/$venv cargo nextest run --no-fail-fast "${tests[@]}" &&
         MAITRED_TEST_VENV=$PWD/$venv cargo nextest run --no-fail-fast --test installed --run-ignored only
 }
