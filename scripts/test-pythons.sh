@@ -37,12 +37,21 @@ run_on() { # python, label
     venv=target/test-pythons/$label
     echo "==> $label: $("$python" -VV | head -1), $(basename "$wheel")"
     rm -rf "$venv"
-    "$python" -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check "$wheel" -r tests/requirements-flask.txt
+    "$python" -m venv "$venv" || return 1
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "$wheel" -r tests/requirements-flask.txt || return 1
     # The same check deploy/Dockerfile makes at build time.
-    sh deploy/check-install.sh "$venv" "$v"
-    MAITRED_TEST_VENV=$PWD/$venv cargo nextest run --no-fail-fast "${tests[@]}" &&
-        MAITRED_TEST_VENV=$PWD/$venv cargo nextest run --no-fail-fast --test installed --run-ignored only
+    sh deploy/check-install.sh "$venv" "$v" || return 1
+    export MAITRED_TEST_VENV=$PWD/$venv
+    if cargo nextest --version >/dev/null 2>&1; then
+        cargo nextest run --no-fail-fast "${tests[@]}" &&
+            cargo nextest run --no-fail-fast --test installed --run-ignored only
+    else
+        cargo test --no-fail-fast "${tests[@]}" &&
+            cargo test --no-fail-fast --test installed -- --ignored
+    fi
+    local status=$?
+    unset MAITRED_TEST_VENV
+    return $status
 }
 
 failed=()

@@ -55,3 +55,10 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
     cargo test --no-fail-fast
 fi
+
+# The pip-installed maitred on another Python than the embedded 3.11: the
+# wheel for CPython 3.13, installed into a fresh venv, under the tests that
+# depend on the Python (scripts/test-pythons.sh with no argument does
+# every version 3.9-3.13).
+echo "==> the wheel on CPython 3.13"
+./scripts/test-pythons.sh 3.13
