@@ -20,6 +20,11 @@ request together.
     bench/run.sh                                  # everything, ~10 minutes
     bench/run.sh --scenarios hello --rounds 2     # a quick look
     bench/run.sh --scaling                        # workers = 1 vs 2 on a CPU-bound app
+    MAITRED_BEFORE_BIN=/tmp/old/maitred bench/run.sh --servers maitred,maitred-before
+                                                  # this build against another one
+    bench/run.sh --servers maitred,maitred-wheel,maitred-wheel-3.13
+                                                  # the binary against the installed wheels
+                                                  # (in target/bench-venv, target/bench-venv-3.13)
 
 Only 127.0.0.1 is ever loaded; every run is bounded by --duration.
 """
@@ -63,6 +68,12 @@ def free_port():
 def command(server, app, port, threads):
     vbin = os.path.join(VENV, "bin")
     target = f"apps:{app}"
+    if server == "maitred-before":
+        # Another build (the code before a change, for a same-run
+        # comparison): MAITRED_BEFORE_BIN names it.
+        return [os.path.abspath(os.environ["MAITRED_BEFORE_BIN"]), "--listen", f"127.0.0.1:{port}",
+                "--admin-listen", "127.0.0.1:0", "--threads", str(threads), "--workers", "1",
+                "--virtualenv", VENV, target]
     if server.startswith("maitred-wheel"):
         # maitred installed from its wheel (scripts/wheels.sh): into the
         # bench venv itself ("maitred-wheel", the same Python 3.11 as the
