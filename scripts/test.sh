@@ -47,6 +47,7 @@ fi
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
+cargo fmt --manifest-path python/Cargo.toml -- --check
 echo "==> cargo clippy"
 cargo clippy --all-targets --quiet -- -D warnings
 echo "==> tests"
