@@ -20,7 +20,7 @@ request together.
     bench/run.sh                                  # everything, ~10 minutes
     bench/run.sh --scenarios hello --rounds 2     # a quick look
     bench/run.sh --scaling                        # workers = 1 vs 2 on a CPU-bound app
-    MAITRED_BEFORE_BIN=/tmp/old/maitred bench/run.sh --servers maitred,maitred-before
+    BENCH_BEFORE_BIN=/tmp/old/maitred bench/run.sh --servers maitred,maitred-before
                                                   # this build against another one
     bench/run.sh --servers maitred,maitred-wheel,maitred-wheel-3.13
                                                   # the binary against the installed wheels
@@ -70,8 +70,8 @@ def command(server, app, port, threads):
     target = f"apps:{app}"
     if server == "maitred-before":
         # Another build (the code before a change, for a same-run
-        # comparison): MAITRED_BEFORE_BIN names it.
-        return [os.path.abspath(os.environ["MAITRED_BEFORE_BIN"]), "--listen", f"127.0.0.1:{port}",
+        # comparison): BENCH_BEFORE_BIN names it.
+        return [os.path.abspath(os.environ["BENCH_BEFORE_BIN"]), "--listen", f"127.0.0.1:{port}",
                 "--admin-listen", "127.0.0.1:0", "--threads", str(threads), "--workers", "1",
                 "--virtualenv", VENV, target]
     if server.startswith("maitred-wheel"):
