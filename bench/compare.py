@@ -71,7 +71,10 @@ def command(server, app, port, threads):
     if server == "maitred-before":
         # Another build (the code before a change, for a same-run
         # comparison): BENCH_BEFORE_BIN names it.
-        return [os.path.abspath(os.environ["BENCH_BEFORE_BIN"]), "--listen", f"127.0.0.1:{port}",
+        before = os.environ.get("BENCH_BEFORE_BIN")
+        if not before:
+            raise SystemExit("maitred-before: set BENCH_BEFORE_BIN to the other build's binary")
+        return [os.path.abspath(before), "--listen", f"127.0.0.1:{port}",
                 "--admin-listen", "127.0.0.1:0", "--threads", str(threads), "--workers", "1",
                 "--virtualenv", VENV, target]
     if server.startswith("maitred-wheel"):

@@ -19,13 +19,8 @@ versions=("$@")
 [ ${#versions[@]} -gt 0 ] || versions=(3.9 3.10 3.11 3.12 3.13)
 tests=(--test startup --test environ --test flask --test workers --test http --test config)
 
-find_python() {
-    local v=$1 found=""
-    for dir in "$HOME"/.pyenv/versions/"$v".*; do
-        [ -x "$dir/bin/python$v" ] && found="$dir/bin/python$v"
-    done
-    echo "$found"
-}
+# shellcheck source=scripts/pythons.sh
+. scripts/pythons.sh
 
 # The test binaries themselves (built once, against the embedded 3.11).
 cargo build --tests --quiet
@@ -33,7 +28,8 @@ cargo build --tests --quiet
 run_on() { # python, label
     local python=$1 label=$2 v wheel venv
     v=$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
-    wheel=$(ls -t target/wheels/maitred-*-cp"${v/./}"-cp"${v/./}"-*.whl 2>/dev/null | head -1)
+    wheel=$(wheel_for "$v")
+    [ -n "$wheel" ] || { echo "no wheel for Python $v in target/wheels: run scripts/wheels.sh $v" >&2; return 1; }
     venv=target/test-pythons/$label
     echo "==> $label: $("$python" -VV | head -1), $(basename "$wheel")"
     rm -rf "$venv"
@@ -58,7 +54,7 @@ failed=()
 for v in "${versions[@]}"; do
     python=$(find_python "$v")
     if [ -z "$python" ]; then
-        echo "==> no CPython $v under ~/.pyenv; skipped"
+        echo "==> no CPython $v under ~/.pyenv or on PATH; skipped"
         continue
     fi
     ./scripts/wheels.sh "$v"

@@ -24,15 +24,8 @@ for arg in "$@"; do
 done
 [ ${#versions[@]} -gt 0 ] || versions=(3.9 3.10 3.11 3.12 3.13)
 
-# The CPython for major.minor: pyenv's newest patch release, else one on PATH.
-find_python() {
-    local v=$1 found=""
-    for dir in "$HOME"/.pyenv/versions/"$v".*; do
-        [ -x "$dir/bin/python$v" ] && found="$dir/bin/python$v"
-    done
-    [ -n "$found" ] || found=$(command -v "python$v" || true)
-    echo "$found"
-}
+# shellcheck source=scripts/pythons.sh
+. scripts/pythons.sh
 
 tools=target/wheel-venv
 if [ ! -x "$tools/bin/maturin" ] || [ ! -x "$tools/bin/auditwheel" ]; then
@@ -58,8 +51,8 @@ for v in "${versions[@]}"; do
     PATH="$PWD/$tools/bin:$PATH" "$tools/bin/maturin" build --release --strip \
         --zig --compatibility manylinux2014 \
         --interpreter "$python" --out target/wheels
-    tag="cp${v/./}"
-    wheel=$(ls -t target/wheels/maitred-*-"$tag"-"$tag"-*.whl | head -1)
+    wheel=$(wheel_for "$v")
+    [ -n "$wheel" ] || { echo "maturin wrote no wheel for Python $v into target/wheels" >&2; exit 1; }
     "$tools/bin/auditwheel" show "$wheel"
     built+=("$wheel")
 done

@@ -163,11 +163,11 @@ fn c_string(what: &str, text: &str) -> Result<CString, StartError> {
 /// the GIL released, so the worker threads can take it. Must be called
 /// before any other Python use; a second embedded start is refused.
 pub fn initialize(app: &AppPlan, startup: &Startup) -> Result<PythonInfo, StartError> {
-    let (venv, embedded) = match startup {
-        Startup::Embedded { argv } => (start_embedded(app, argv)?, true),
-        Startup::Running => (running_virtualenv(app)?, false),
+    let started = match startup {
+        Startup::Embedded { argv } => Some(start_embedded(app, argv)?),
+        Startup::Running => None,
     };
-    Python::attach(|py| {
+    let mut info = Python::attach(|py| {
         let sys = py.import("sys")?;
         let info = PythonInfo {
             version: sys
@@ -178,14 +178,19 @@ pub fn initialize(app: &AppPlan, startup: &Startup) -> Result<PythonInfo, StartE
             base_prefix: sys.getattr("base_prefix")?.extract()?,
             executable: sys.getattr("executable")?.extract()?,
             library: loaded_libpython(),
-            virtualenv: venv.clone(),
-            embedded,
+            virtualenv: None,
+            embedded: started.is_some(),
         };
         setup_sys_path(py, &app.app_dirs)?;
         watch_gc(py)?;
         Ok::<_, PyErr>(info)
     })
-    .map_err(|e| StartError::Python(format!("cannot set up Python: {e}")))
+    .map_err(|e| StartError::Python(format!("cannot set up Python: {e}")))?;
+    info.virtualenv = match started {
+        Some(venv) => venv,
+        None => running_virtualenv(app.virtualenv.as_deref(), &info)?,
+    };
+    Ok(info)
 }
 
 /// Inside a running Python the virtualenv is the one that Python runs in:
@@ -193,17 +198,13 @@ pub fn initialize(app: &AppPlan, startup: &Startup) -> Result<PythonInfo, StartE
 /// one is an error rather than something silently ignored. `VIRTUAL_ENV`
 /// is not consulted (an activated venv may not be the one whose `maitred`
 /// was run, and the one that runs is the one that counts).
-fn running_virtualenv(app: &AppPlan) -> Result<Option<PathBuf>, StartError> {
-    let (prefix, base) = Python::attach(|py| {
-        let sys = py.import("sys")?;
-        Ok::<_, PyErr>((
-            sys.getattr("prefix")?.extract::<PathBuf>()?,
-            sys.getattr("base_prefix")?.extract::<PathBuf>()?,
-        ))
-    })
-    .map_err(|e| StartError::Python(format!("cannot read sys.prefix: {e}")))?;
-    if let Some(wanted) = &app.virtualenv {
-        let same = std::fs::canonicalize(wanted).ok() == std::fs::canonicalize(&prefix).ok();
+fn running_virtualenv(
+    wanted: Option<&Path>,
+    python: &PythonInfo,
+) -> Result<Option<PathBuf>, StartError> {
+    let prefix = Path::new(&python.prefix);
+    if let Some(wanted) = wanted {
+        let same = std::fs::canonicalize(wanted).ok() == std::fs::canonicalize(prefix).ok();
         if !same {
             return Err(StartError::BadSetting(format!(
                 "virtualenv: {} is not the environment this maitred runs in ({}); \
@@ -214,7 +215,7 @@ fn running_virtualenv(app: &AppPlan) -> Result<Option<PathBuf>, StartError> {
             )));
         }
     }
-    Ok((prefix != base).then_some(prefix))
+    Ok((python.prefix != python.base_prefix).then(|| prefix.to_path_buf()))
 }
 
 /// Starts the linked-in CPython, as the venv's `python` would start;
@@ -487,6 +488,36 @@ pub fn format_exception(py: Python<'_>, err: &PyErr) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn running(prefix: &Path, base: &Path) -> PythonInfo {
+        PythonInfo {
+            version: "3.13.0".into(),
+            prefix: prefix.to_string_lossy().into_owned(),
+            base_prefix: base.to_string_lossy().into_owned(),
+            executable: String::new(),
+            library: None,
+            virtualenv: None,
+            embedded: false,
+        }
+    }
+
+    #[test]
+    fn inside_a_running_python_the_virtualenv_is_its_own() {
+        let venv = tempfile::tempdir().expect("tempdir");
+        let other = tempfile::tempdir().expect("tempdir");
+        let python = running(venv.path(), Path::new("/usr"));
+        let found = running_virtualenv(None, &python).expect("no setting");
+        assert_eq!(found.as_deref(), Some(venv.path()));
+        let found = running_virtualenv(Some(venv.path()), &python).expect("the same venv");
+        assert_eq!(found.as_deref(), Some(venv.path()));
+        let err = running_virtualenv(Some(other.path()), &python).expect_err("another venv");
+        assert!(
+            matches!(&err, StartError::BadSetting(m) if m.contains("bin/maitred")),
+            "{err}"
+        );
+        let system = running(Path::new("/usr"), Path::new("/usr"));
+        assert_eq!(running_virtualenv(None, &system).expect("no venv"), None);
+    }
 
     #[test]
     fn venv_version_reads_both_spellings() {
